@@ -1,0 +1,210 @@
+"""Fixtures for integration tests: the real memdump service and real ansible-playbook runs.
+
+Requires the stack started by ``tests/stack/stack.sh up`` (``make test`` does it); its settings
+arrive as ``MEMDUMP_TEST_*`` environment variables.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+REPO = os.environ.get('MEMDUMP_REPO') or os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def stack_env(name):
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail('%s is not set: start the stack with tests/stack/stack.sh up and source its env file' % name)
+    return value
+
+
+class MemdumpService:
+    """One memdump service process on a loopback port, with its own dump dir and state file."""
+
+    def __init__(self, workdir, libvirt_uri, token=None, extra_args=(), env=None):
+        self.workdir = str(workdir)
+        self.port = free_port()
+        self.url = 'http://127.0.0.1:%d' % self.port
+        self.libvirt_uri = libvirt_uri
+        self.dump_dir = os.path.join(self.workdir, 'dumps')
+        self.state_file = os.path.join(self.workdir, 'state.sqlite')
+        self.log_path = os.path.join(self.workdir, 'service.log')
+        self.token = token
+        self.token_file = None
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.proc = None
+        if token:
+            self.token_file = os.path.join(self.workdir, 'token')
+            with open(self.token_file, 'w') as f:
+                f.write(token + '\n')
+            os.chmod(self.token_file, 0o600)
+
+    def command(self):
+        cmd = [sys.executable, '-m', 'memdump_service', '--listen', '127.0.0.1:%d' % self.port,
+               '--libvirt-uri', self.libvirt_uri, '--dump-dir', self.dump_dir, '--state-file', self.state_file]
+        if self.token_file:
+            cmd += ['--token-file', self.token_file]
+        return cmd + self.extra_args
+
+    def start(self, wait=True):
+        env = dict(os.environ)
+        env.update(self.env)
+        log = open(self.log_path, 'ab')  # pylint: disable=consider-using-with
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)  # pylint: disable=consider-using-with
+        log.close()
+        pidfile = os.path.join(os.environ.get('MEMDUMP_STACK_DIR', '/tmp/memdump-stack'), 'extra')
+        os.makedirs(pidfile, exist_ok=True)
+        # Registered so that `stack.sh down` stops it even if this test run is killed.
+        with open(os.path.join(pidfile, 'service-%d.pid' % self.proc.pid), 'w') as f:
+            f.write(str(self.proc.pid))
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError('memdump service exited with %s:\n%s' % (self.proc.returncode, self.read_log()))
+            try:
+                with urllib.request.urlopen(self.url + '/health', timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers (503 = libvirt unreachable, still up)
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError('memdump service did not answer on %s within %ss:\n%s' % (self.url, timeout, self.read_log()))
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            pidfile = os.path.join(os.environ.get('MEMDUMP_STACK_DIR', '/tmp/memdump-stack'), 'extra',
+                                   'service-%d.pid' % self.proc.pid)
+            if os.path.exists(pidfile):
+                os.unlink(pidfile)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def read_log(self):
+        try:
+            with open(self.log_path, errors='replace') as f:
+                return f.read()
+        except OSError:
+            return ''
+
+    def api(self, method, path, body=None, token=None):
+        """A plain HTTP call for assertions: returns (status, parsed JSON or raw bytes)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header('Content-Type', 'application/json')
+        if token or self.token:
+            req.add_header('Authorization', 'Bearer ' + (token or self.token))
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw, status = resp.read(), resp.status
+        except urllib.error.HTTPError as e:
+            raw, status = e.read(), e.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+
+@pytest.fixture
+def memdump_service(tmp_path):
+    """Factory: ``memdump_service(libvirt_uri=None, token=None, extra_args=())`` starts a service.
+
+    The default libvirt URI is the real QEMU hypervisor of the stack.
+    """
+    started = []
+
+    def start(libvirt_uri=None, token=None, extra_args=(), env=None, name='svc'):
+        workdir = tmp_path / ('%s%d' % (name, len(started)))
+        workdir.mkdir()
+        svc = MemdumpService(workdir, libvirt_uri or stack_env('MEMDUMP_TEST_LIBVIRT_URI'), token, extra_args, env)
+        started.append(svc)
+        return svc.start()
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+class PlaybookResult:
+    def __init__(self, proc, json_out):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.json = json_out
+
+    def task_results(self, task_name, host='localhost'):
+        """The result dict of the named task on host (the last one if it ran more than once)."""
+        found = None
+        for play in (self.json or {}).get('plays', []):
+            for task in play.get('tasks', []):
+                if task['task']['name'] == task_name and host in task['hosts']:
+                    found = task['hosts'][host]
+        if found is None:
+            raise AssertionError('task %r did not run on %s; output:\n%s\n%s' % (task_name, host, self.stdout, self.stderr))
+        return found
+
+    @property
+    def stats(self):
+        return (self.json or {}).get('stats', {})
+
+
+@pytest.fixture
+def run_playbook(tmp_path):
+    """Runs real ansible-playbook with the json stdout callback; returns a PlaybookResult.
+
+    ``run_playbook(playbook_path_or_yaml_text, extra_vars=None, env=None, args=())``
+    """
+    counter = [0]
+
+    def run(playbook, extra_vars=None, env=None, args=(), check=False, inventory='localhost,'):
+        counter[0] += 1
+        if '\n' in playbook:
+            path = tmp_path / ('play%d.yml' % counter[0])
+            path.write_text(playbook)
+            playbook = str(path)
+        cmd = ['ansible-playbook', '-i', inventory, '-c', 'local', playbook]
+        if extra_vars:
+            cmd += ['-e', json.dumps(extra_vars)]
+        if check:
+            cmd.append('--check')
+        cmd += list(args)
+        run_env = dict(os.environ)
+        run_env.update({'ANSIBLE_STDOUT_CALLBACK': 'ansible.builtin.json', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
+                        'ANSIBLE_PYTHON_INTERPRETER': sys.executable, 'ANSIBLE_NOCOLOR': '1',
+                        'ANSIBLE_LOCAL_TEMP': str(tmp_path / 'ansible-tmp')})
+        run_env.update(env or {})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=900, check=False)
+        try:
+            out = json.loads(proc.stdout[proc.stdout.index('{'):]) if '{' in proc.stdout else None
+        except ValueError:
+            out = None
+        return PlaybookResult(proc, out)
+
+    return run

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# One implementation of "install, bring up and tear down" the real components that tests, demo
+# and benchmarks need: libvirtd + virtlogd (no systemd), tiny TCG guests, and InfluxDB 1.x on loopback.
+#
+#   stack.sh install      apt packages + the project venv (.venv), idempotent
+#   stack.sh up [test]    start everything ("test": libvirt's test driver only, no hypervisor)
+#   stack.sh down         stop what `up` started, by PID, and undefine its guests
+#   stack.sh env          print the environment file that `up` wrote
+#
+# `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+stack_dir=${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}
+venv=${MEMDUMP_VENV:-$repo/.venv}
+apt_packages=(libvirt-dev pkg-config libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
+              influxdb influxdb-client binutils shellcheck curl)
+guest_prefix=memdump-ci
+influx_port=${MEMDUMP_STACK_INFLUX_PORT:-18086}
+influx_auth_port=${MEMDUMP_STACK_INFLUX_AUTH_PORT:-18096}
+marker_addr=0x04000000   # 64 MiB: inside the tiny guest's RAM, above what SeaBIOS touches
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    log "this step needs root (apt-get, libvirtd): run as root, e.g. 'sudo make test'"
+    exit 1
+  fi
+}
+
+cmd_install() {
+  local missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    need_root
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Rebuild the venv only when the pinned requirements change.
+  local stamp want
+  want=$( (cat "$repo/tests/requirements.txt" "$repo/service/pyproject.toml" 2>/dev/null || true) | sha256sum | cut -c1-16)
+  stamp=$(cat "$venv/.memdump-stamp" 2>/dev/null || true)
+  if [ "$stamp" != "$want" ]; then
+    log "creating the virtual environment $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+    "$venv/bin/pip" install -q -r "$repo/tests/requirements.txt" 2>&1 | grep -v "is ignored" || true
+    if [ -f "$repo/service/pyproject.toml" ]; then
+      "$venv/bin/pip" install -q -e "$repo/service[libvirt]" 2>&1 | grep -v "is ignored" || true
+    fi
+    "$venv/bin/python" -c 'import ansible, pytest' || { log "venv install failed"; exit 1; }
+    echo "$want" > "$venv/.memdump-stamp"
+  fi
+  install_ansible_test_pip
+}
+
+install_ansible_test_pip() {
+  # ansible-test downloads a get-pip script from a host that is not reachable here: give it a
+  # stand-in that installs the pip wheel it asks for, fetched from PyPI.
+  local ver cache=~/.ansible/test/cache
+  ver=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
+  mkdir -p "$cache"
+  if [ ! -f "$cache/pip-$ver-py3-none-any.whl" ]; then
+    "$venv/bin/pip" download -q --no-deps -d "$cache" "pip==$ver" 2>&1 | grep -v "is ignored" || true
+  fi
+  cp "$repo/tests/stack/get_pip_standin.py" "$cache/get_pip_${ver//./_}.py"
+}
+
+pidfile_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_libvirtd() {
+  # A root-only /dev/kvm makes libvirt re-probe QEMU on every define (~40 s each).
+  if [ -c /dev/kvm ]; then
+    chgrp kvm /dev/kvm 2>/dev/null || true
+    chmod 0660 /dev/kvm 2>/dev/null || true
+  fi
+  if [ -S /run/libvirt/libvirt-sock ] && virsh -c qemu:///system version >/dev/null 2>&1; then
+    log "using the libvirtd that is already running"
+    return
+  fi
+  mkdir -p /run/libvirt
+  /usr/sbin/virtlogd -d -p "$stack_dir/virtlogd.pid"
+  /usr/sbin/libvirtd -d -p "$stack_dir/libvirtd.pid"
+  for _ in $(seq 1 100); do [ -S /run/libvirt/libvirt-sock ] && break; sleep 0.1; done
+  # The first call probes QEMU's capabilities (~12 s on a fresh machine).
+  virsh -c qemu:///system version >/dev/null
+}
+
+guest_xml() {  # name mem_mib [marker_file]
+  local loader=""
+  if [ -n "${3:-}" ]; then
+    loader="<qemu:commandline><qemu:arg value='-device'/><qemu:arg value='loader,file=$3,addr=$marker_addr,force-raw=on'/></qemu:commandline>"
+  fi
+  cat <<XML
+<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>$1</name>
+  <memory unit='MiB'>$2</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <memballoon model='none'/>
+  </devices>
+  $loader
+</domain>
+XML
+}
+
+start_guest() {  # name mem_mib [marker_file]
+  local name=$1
+  virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+  virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
+  guest_xml "$@" > "$stack_dir/$name.xml"
+  virsh -c qemu:///system define "$stack_dir/$name.xml" >/dev/null
+  virsh -c qemu:///system start "$name" >/dev/null
+  echo "$name" >> "$stack_dir/guests"
+}
+
+write_test_driver_node() {
+  # libvirt's test driver: each connection gets a fresh copy of these domains (good isolation).
+  cat > "$stack_dir/test-node.xml" <<XML
+<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <domain type='test'><name>web01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1901</uuid><memory>131072</memory></domain>
+  <domain type='test'><name>db01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1902</uuid><memory>131072</memory></domain>
+  <domain type='test'><name>app01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1903</uuid><memory>131072</memory></domain>
+  <domain type='test'><name>stopped01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1904</uuid><memory>131072</memory>
+    <test:runstate>5</test:runstate></domain>
+</node>
+XML
+}
+
+start_influxdb() {  # name port auth(true|false)
+  local name=$1 port=$2 auth=$3 dir="$stack_dir/$1"
+  mkdir -p "$dir"
+  cat > "$dir/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$((port + 2))"
+[meta]
+  dir = "$dir/meta"
+[data]
+  dir = "$dir/data"
+  wal-dir = "$dir/wal"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:$port"
+  auth-enabled = $auth
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+CONF
+  influxd -config "$dir/influxdb.conf" > "$dir/influxd.log" 2>&1 &
+  echo $! > "$stack_dir/$name.pid"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/ping" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  log "InfluxDB $name did not answer on 127.0.0.1:$port; see $dir/influxd.log"
+  exit 1
+}
+
+cmd_up() {
+  local backend=${1:-qemu}
+  mkdir -p "$stack_dir"
+  chmod 0755 "$stack_dir"
+  : > "$stack_dir/guests"
+  write_test_driver_node
+  local env="$stack_dir/env"
+  {
+    echo "export MEMDUMP_STACK_DIR='$stack_dir'"
+    echo "export MEMDUMP_TEST_DRIVER_URI='test://$stack_dir/test-node.xml'"
+    echo "export MEMDUMP_TEST_DRIVER_VMS='web01 db01 app01'"
+  } > "$env"
+
+  if [ "$backend" = qemu ]; then
+    need_root
+    start_libvirtd
+    # Known bytes placed in guest RAM at boot by QEMU's loader: tests find them in the image.
+    head -c 4096 /dev/urandom > "$stack_dir/marker.bin"
+    printf 'MEMDUMP-CI-MARKER' | dd of="$stack_dir/marker.bin" conv=notrunc status=none
+    chmod 0644 "$stack_dir/marker.bin"
+    start_guest "$guest_prefix-tiny" 128 "$stack_dir/marker.bin"
+    start_guest "$guest_prefix-tiny2" 128
+    start_guest "$guest_prefix-large" "${MEMDUMP_STACK_LARGE_MIB:-2048}"
+    {
+      echo "export MEMDUMP_TEST_LIBVIRT_URI='qemu:///system'"
+      echo "export MEMDUMP_TEST_VM='$guest_prefix-tiny'"
+      echo "export MEMDUMP_TEST_VM2='$guest_prefix-tiny2'"
+      echo "export MEMDUMP_TEST_VM_LARGE='$guest_prefix-large'"
+      echo "export MEMDUMP_TEST_VM_MIB=128"
+      echo "export MEMDUMP_TEST_VM_LARGE_MIB=${MEMDUMP_STACK_LARGE_MIB:-2048}"
+      echo "export MEMDUMP_TEST_MARKER_FILE='$stack_dir/marker.bin'"
+      echo "export MEMDUMP_TEST_MARKER_ADDR=$marker_addr"
+    } >> "$env"
+  fi
+
+  start_influxdb influxdb "$influx_port" false
+  start_influxdb influxdb-auth "$influx_auth_port" true
+  # The first admin of an auth-enabled InfluxDB may be created without credentials.
+  curl -fsS -XPOST "http://127.0.0.1:$influx_auth_port/query" \
+    --data-urlencode "q=CREATE USER memdump WITH PASSWORD 'memdump-ci-secret' WITH ALL PRIVILEGES" >/dev/null
+  {
+    echo "export MEMDUMP_TEST_INFLUXDB_URL='http://127.0.0.1:$influx_port'"
+    echo "export MEMDUMP_TEST_INFLUXDB_AUTH_URL='http://127.0.0.1:$influx_auth_port'"
+    echo "export MEMDUMP_TEST_INFLUXDB_USERNAME='memdump'"
+    echo "export MEMDUMP_TEST_INFLUXDB_PASSWORD='memdump-ci-secret'"
+    echo "export MEMDUMP_TEST_INFLUXDB_PIDFILE='$stack_dir/influxdb.pid'"
+    echo "export MEMDUMP_TEST_INFLUXDB_CONF='$stack_dir/influxdb/influxdb.conf'"
+  } >> "$env"
+  log "up: $(wc -l < "$stack_dir/guests") guest(s), InfluxDB on 127.0.0.1:$influx_port and :$influx_auth_port (auth)"
+}
+
+stop_pid() {  # pidfile
+  [ -f "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+cmd_down() {
+  [ -d "$stack_dir" ] || return 0
+  if [ -f "$stack_dir/guests" ]; then
+    while read -r g; do
+      [ -n "$g" ] || continue
+      virsh -c qemu:///system destroy "$g" >/dev/null 2>&1 || true
+      virsh -c qemu:///system undefine "$g" >/dev/null 2>&1 || true
+    done < "$stack_dir/guests"
+  fi
+  # Anything else a test started and registered here (services, listeners).
+  for pf in "$stack_dir"/*.pid "$stack_dir"/extra/*.pid; do
+    case "$pf" in *libvirtd.pid|*virtlogd.pid) continue ;; esac
+    stop_pid "$pf"
+  done
+  stop_pid "$stack_dir/libvirtd.pid"
+  stop_pid "$stack_dir/virtlogd.pid"
+  rm -rf "$stack_dir"
+  log "down"
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  up) cmd_up "${2:-qemu}" ;;
+  down) cmd_down ;;
+  env) cat "$stack_dir/env" ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env" >&2; exit 2 ;;
+esac
