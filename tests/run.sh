@@ -56,7 +56,7 @@ layer_service() {
 
 layer_units() {
   local dest; dest=$(collection_copy)
-  (cd "$dest" && ansible-test units --local --python 3.11 --requirements "$@")
+  (cd "$dest" && ansible-test units --venv --python 3.11 --requirements "$@")
   local rc=$?
   mkdir -p "$results"
   cp "$dest"/tests/output/junit/*.xml "$results/" 2>/dev/null || true
@@ -134,6 +134,9 @@ cmd_all() {
       failed_layers+=("$layer")
     fi
   done
+  # Tear down before the summary, so that "N passed, N failed" is the closing line.
+  bash "$stack" down
+  trap - EXIT
   read -r p f s < <(junit_counts)
   # Layers that are not pytest count as one test each; a pytest layer that failed without writing a
   # failure to its JUnit file (collection error) counts as one failure.

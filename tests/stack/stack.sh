@@ -15,7 +15,7 @@ stack_dir=${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}
 venv=${MEMDUMP_VENV:-$repo/.venv}
 apt_packages=(libvirt-dev pkg-config libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
               influxdb influxdb-client binutils shellcheck curl)
-guest_prefix=memdump-ci
+guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
 influx_port=${MEMDUMP_STACK_INFLUX_PORT:-18086}
 influx_auth_port=${MEMDUMP_STACK_INFLUX_AUTH_PORT:-18096}
 marker_addr=0x04000000   # 64 MiB: inside the tiny guest's RAM, above what SeaBIOS touches
