@@ -26,9 +26,11 @@ load_stack_env() {
 
 # A copy of the collection at .../ansible_collections/vmforensics/memdump, as ansible-test requires.
 collection_copy() {
-  local root=$repo/tests/output/collection dest
+  # A fresh directory per run, so that two runs (two developers, or a layer and a by-hand run) never share one.
+  local root dest
+  mkdir -p "$repo/tests/output"
+  root=$(mktemp -d "$repo/tests/output/collection.XXXXXX")
   dest=$root/ansible_collections/vmforensics/memdump
-  rm -rf "$root"
   mkdir -p "$dest"
   (cd "$repo" && git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$dest/")
   (cd "$dest" && git init -q && git add -A >/dev/null 2>&1)
@@ -85,6 +87,8 @@ layer_molecule() {
   load_stack_env
   local rc=0 s
   [ -d "$repo/extensions/molecule" ] || return 0
+  # The scenarios use this checkout as vmforensics.memdump (no build, no Galaxy).
+  export ANSIBLE_COLLECTIONS_PATH; ANSIBLE_COLLECTIONS_PATH=$(collections_path)
   for s in "$repo"/extensions/molecule/*/; do
     [ -f "$s/molecule.yml" ] || continue
     s=$(basename "$s")
@@ -124,7 +128,7 @@ cmd_all() {
   trap 'bash "$stack" down' EXIT
   trap 'exit 130' INT TERM
   bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
-  rm -rf "$results"
+  rm -rf "$results" "$repo"/tests/output/collection.*
   local layer failed_layers=() other_passed=0
   for layer in service units integration sanity lint molecule build; do
     log "layer: $layer"

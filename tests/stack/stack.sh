@@ -6,6 +6,10 @@
 #   stack.sh up [test]    start everything ("test": libvirt's test driver only, no hypervisor)
 #   stack.sh down         stop what `up` started, by PID, and undefine its guests
 #   stack.sh env          print the environment file that `up` wrote
+#   stack.sh bench-up     (benchmarks, after `up`) extra guests named memdump-bench-*: one 1 GiB guest
+#                         whose RAM QEMU's loader fills with random bytes, two plain 1 GiB guests and
+#                         a 256 MiB one; writes $MEMDUMP_STACK_DIR/bench-env
+#   stack.sh bench-down   remove only what bench-up created
 #
 # `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
 set -euo pipefail
@@ -90,10 +94,10 @@ start_libvirtd() {
   virsh -c qemu:///system version >/dev/null
 }
 
-guest_xml() {  # name mem_mib [marker_file]
+guest_xml() {  # name mem_mib [marker_file [load_addr]]
   local loader=""
   if [ -n "${3:-}" ]; then
-    loader="<qemu:commandline><qemu:arg value='-device'/><qemu:arg value='loader,file=$3,addr=$marker_addr,force-raw=on'/></qemu:commandline>"
+    loader="<qemu:commandline><qemu:arg value='-device'/><qemu:arg value='loader,file=$3,addr=${4:-$marker_addr},force-raw=on'/></qemu:commandline>"
   fi
   cat <<XML
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -111,7 +115,7 @@ guest_xml() {  # name mem_mib [marker_file]
 XML
 }
 
-start_guest() {  # name mem_mib [marker_file]
+start_guest() {  # name mem_mib [marker_file [load_addr]]
   local name=$1
   virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
   virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
@@ -125,10 +129,10 @@ write_test_driver_node() {
   # libvirt's test driver: each connection gets a fresh copy of these domains (good isolation).
   cat > "$stack_dir/test-node.xml" <<XML
 <node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-  <domain type='test'><name>web01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1901</uuid><memory>131072</memory></domain>
-  <domain type='test'><name>db01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1902</uuid><memory>131072</memory></domain>
-  <domain type='test'><name>app01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1903</uuid><memory>131072</memory></domain>
-  <domain type='test'><name>stopped01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1904</uuid><memory>131072</memory>
+  <domain type='test'><name>web01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1901</uuid><memory>131072</memory><os><type>hvm</type></os></domain>
+  <domain type='test'><name>db01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1902</uuid><memory>131072</memory><os><type>hvm</type></os></domain>
+  <domain type='test'><name>app01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1903</uuid><memory>131072</memory><os><type>hvm</type></os></domain>
+  <domain type='test'><name>stopped01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1904</uuid><memory>131072</memory><os><type>hvm</type></os>
     <test:runstate>5</test:runstate></domain>
 </node>
 XML
@@ -248,10 +252,69 @@ cmd_down() {
   log "down"
 }
 
+bench_prefix=${MEMDUMP_BENCH_GUEST_PREFIX:-memdump-bench}
+
+cmd_bench_up() {
+  # Guests for bench/ only; `up` does not create them. The random guest's RAM is non-zero from
+  # 1 MiB up (QEMU's loader copies the file in at boot), so its image cannot be compressed or
+  # skipped by anyone; dumps of the others can be slowed with `virsh schedinfo` by the benchmarks.
+  need_root
+  [ -f "$stack_dir/env" ] || { log "bench-up needs a running stack: run '$0 up' first"; exit 1; }
+  local dir="$stack_dir/bench" mib=${MEMDUMP_BENCH_RANDOM_MIB:-1024}
+  mkdir -p "$dir"
+  chmod 0755 "$dir"
+  if [ ! -f "$dir/random.bin" ] || [ "$(stat -c %s "$dir/random.bin")" != $(((mib - 2) * 1048576)) ]; then
+    log "writing $((mib - 2)) MiB of random bytes for the loader"
+    # AES-CTR over zeros with a random key: random-looking bytes at disk speed (/dev/urandom is slower).
+    openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass "pass:$(head -c 32 /dev/urandom | base64)" < /dev/zero 2>/dev/null \
+      | head -c $(((mib - 2) * 1048576)) > "$dir/random.bin" || true
+    chmod 0644 "$dir/random.bin"
+  fi
+  : > "$stack_dir/bench-guests"
+  local g name size file
+  for g in "$bench_prefix-random:$mib:$dir/random.bin" "$bench_prefix-a:1024:" "$bench_prefix-b:1024:" "$bench_prefix-small:256:"; do
+    IFS=: read -r name size file <<< "$g"
+    if [ -n "$file" ]; then
+      start_guest "$name" "$size" "$file" 0x00100000
+    else
+      start_guest "$name" "$size"
+    fi
+    echo "$name" >> "$stack_dir/bench-guests"
+  done
+  {
+    echo "export MEMDUMP_BENCH_VM_RANDOM='$bench_prefix-random'"
+    echo "export MEMDUMP_BENCH_VM_RANDOM_MIB=$mib"
+    echo "export MEMDUMP_BENCH_RANDOM_FILE='$dir/random.bin'"
+    echo "export MEMDUMP_BENCH_VM_A='$bench_prefix-a'"
+    echo "export MEMDUMP_BENCH_VM_B='$bench_prefix-b'"
+    echo "export MEMDUMP_BENCH_VM_SMALL='$bench_prefix-small'"
+  } > "$stack_dir/bench-env"
+  log "bench-up: $(wc -l < "$stack_dir/bench-guests") bench guest(s)"
+}
+
+cmd_bench_down() {
+  [ -f "$stack_dir/bench-guests" ] || return 0
+  local g name size file
+  while read -r g; do
+    [ -n "$g" ] || continue
+    virsh -c qemu:///system destroy "$g" >/dev/null 2>&1 || true
+    virsh -c qemu:///system undefine "$g" >/dev/null 2>&1 || true
+    rm -f "$stack_dir/$g.xml"
+    if [ -f "$stack_dir/guests" ]; then
+      grep -vxF "$g" "$stack_dir/guests" > "$stack_dir/guests.tmp" || true
+      mv "$stack_dir/guests.tmp" "$stack_dir/guests"
+    fi
+  done < "$stack_dir/bench-guests"
+  rm -rf "$stack_dir/bench" "$stack_dir/bench-guests" "$stack_dir/bench-env"
+  log "bench-down"
+}
+
 case "${1:-}" in
   install) cmd_install ;;
   up) cmd_up "${2:-qemu}" ;;
   down) cmd_down ;;
   env) cat "$stack_dir/env" ;;
-  *) echo "usage: $0 install|up [qemu|test]|down|env" >&2; exit 2 ;;
+  bench-up) cmd_bench_up ;;
+  bench-down) cmd_bench_down ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down" >&2; exit 2 ;;
 esac

@@ -1,0 +1,312 @@
+"""The dump queue: reuse rules, parallel cap, persistence, restart recovery and change notification."""
+
+import asyncio
+import collections
+import datetime
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import typing as t
+import uuid
+
+from memdump_service.config import Settings
+from memdump_service.store import Store
+from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, remove_quietly
+
+LOG = logging.getLogger("memdump_service")
+
+IN_FLIGHT = ("queued", "running")
+FINISHED = ("completed", "failed")
+PRIVATE = ("seq", "tmp_path")
+INTERRUPTED = "interrupted by service restart"
+
+
+def utcnow() -> datetime.datetime:
+    """Now, in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def iso(moment: datetime.datetime) -> str:
+    """ISO 8601 UTC with Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime.datetime:
+    """Inverse of iso()."""
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+
+
+def safe_name(vm: str) -> str:
+    """A VM name reduced to characters that are safe in a file name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", vm).lstrip(".")[:64]
+    return name or "vm"
+
+
+def shorten(text: str, limit: int = 64) -> str:
+    """Client input echoed in a message, cut to a sane length."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class RequestConflict(Exception):
+    """A request_id was reused for a different request."""
+
+
+class Notifier:
+    """Wakes asyncio waiters (in any event loop) from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: t.Set[t.Tuple[asyncio.AbstractEventLoop, asyncio.Future]] = set()
+
+    def notify(self) -> None:
+        """Wake every waiter."""
+        with self._lock:
+            waiters = list(self._waiters)
+            self._waiters.clear()
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # loop closed
+                pass
+
+    async def wait(self, unchanged: t.Callable[[], bool], timeout: float) -> None:
+        """Return when notified or after timeout, at once if unchanged() is already false."""
+        loop = asyncio.get_running_loop()
+        entry = (loop, loop.create_future())
+        with self._lock:
+            self._waiters.add(entry)
+        try:
+            if unchanged():
+                await asyncio.wait_for(entry[1], timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class JobManager:  # pylint: disable=too-many-instance-attributes
+    """All dump records (in memory, written through to SQLite) and the workers that run them."""
+
+    def __init__(self, settings: Settings, virt: t.Optional[Libvirt] = None) -> None:
+        self.settings = settings
+        self.virt = virt or Libvirt(settings.libvirt_uri)
+        self.host = socket.gethostname()
+        self.store = Store(settings.state_file)
+        self.notifier = Notifier()
+        self._lock = threading.RLock()
+        self._records: t.Dict[str, t.Dict[str, t.Any]] = {}
+        self._queue: t.Deque[str] = collections.deque()
+        self._running: t.Set[str] = set()
+        self._threads: t.List[threading.Thread] = []
+        self._seq = 0
+        self._stopping = False
+        self.marker = int(self.store.get_meta("marker", "0"))
+        self._prepare_dump_dir()
+
+    # ----- life cycle
+    def _prepare_dump_dir(self) -> None:
+        os.makedirs(self.settings.dump_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.settings.dump_dir, 0o700)
+
+    def start(self) -> None:
+        """Recover after a restart, then run what is queued."""
+        with self._lock:
+            for record in self.store.load():
+                self._records[record["dump_id"]] = record
+                self._seq = max(self._seq, record["seq"])
+                if record["state"] == "running":
+                    remove_quietly(record.get("tmp_path"))
+                    self._transition(record, state="failed", message=INTERRUPTED, finished_at=iso(utcnow()), dump_path=None)
+                elif record["state"] == "queued":
+                    self._queue.append(record["dump_id"])
+            self._sweep_partials()
+            self._dispatch()
+
+    def _sweep_partials(self) -> None:
+        """Nothing runs yet: every temp file or FIFO in the dump dir is left over from a crash."""
+        for name in os.listdir(self.settings.dump_dir):
+            if name.startswith(".") and (name.endswith(".part") or name.endswith(".fifo")):
+                LOG.info("removing leftover partial file %s", name)
+                remove_quietly(os.path.join(self.settings.dump_dir, name))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop dispatching; wait a little for running dumps; close."""
+        with self._lock:
+            self._stopping = True
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.notifier.notify()
+        self.virt.close()
+
+    # ----- views
+    @staticmethod
+    def public(record: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+        """A record as clients see it."""
+        return {key: value for key, value in record.items() if key not in PRIVATE}
+
+    def get(self, dump_id: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """One record or None."""
+        with self._lock:
+            record = self._records.get(dump_id)
+            return self.public(record) if record else None
+
+    def list(self, vms: t.Sequence[str] = (), label: t.Optional[str] = None, state: t.Optional[str] = None,
+             dump_ids: t.Sequence[str] = ()) -> t.List[t.Dict[str, t.Any]]:
+        """Records, newest first, filtered."""
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: r["seq"], reverse=True)
+            return [self.public(r) for r in records
+                    if (not vms or r["vm"] in vms) and (label is None or r["label"] == label)
+                    and (state is None or r["state"] == state) and (not dump_ids or r["dump_id"] in dump_ids)]
+
+    def counts(self) -> t.Dict[str, int]:
+        """Queue sizes."""
+        with self._lock:
+            return {"queued": len(self._queue), "running": len(self._running), "max_parallel": self.settings.max_parallel}
+
+    async def wait_for_change(self, marker: int, timeout: float) -> None:
+        """Hold until the marker moves away from marker, or timeout."""
+        await self.notifier.wait(lambda: self.marker == marker, timeout)
+
+    # ----- changes
+    def create(self, vms: t.Sequence[str], label: t.Optional[str] = None, fmt: str = "elf", force: bool = False,
+               request_id: t.Optional[str] = None) -> t.Tuple[t.List[t.Dict[str, t.Any]], int]:
+        """Apply the reuse rules per VM; returns records (with 'created') in request order and the marker."""
+        with self._lock:
+            if request_id is not None:
+                earlier = self.store.get_request(request_id)
+                if earlier is not None:
+                    if earlier[0] != list(vms):
+                        raise RequestConflict(f"request_id {request_id!r} was already used for VMs {earlier[0]}; use a new request_id")
+                    return [dict(self.public(self._records[item["dump_id"]]), created=item["created"]) for item in earlier[1]], self.marker
+            results = []
+            for vm in vms:
+                record = self._reusable(vm, label, force)
+                created = record is None
+                if created:
+                    record = self._new_record(vm, label, fmt)
+                results.append((record, created))
+            if request_id is not None:
+                self.store.save_request(request_id, list(vms), [{"dump_id": r["dump_id"], "created": c} for r, c in results])
+            self._dispatch()
+            return [dict(self.public(r), created=c) for r, c in results], self.marker
+
+    def _reusable(self, vm: str, label: t.Optional[str], force: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        newest_done = None
+        for record in self._records.values():
+            if record["vm"] != vm:
+                continue
+            if record["state"] in IN_FLIGHT:
+                return record
+            if (label is not None and not force and record["state"] == "completed" and record["label"] == label
+                    and (newest_done is None or record["seq"] > newest_done["seq"])):
+                newest_done = record
+        return newest_done
+
+    def _new_record(self, vm: str, label: t.Optional[str], fmt: str) -> t.Dict[str, t.Any]:
+        self._seq += 1
+        record = {
+            "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "format": fmt,
+            "state": None, "progress": 0.0, "message": "", "created_at": iso(utcnow()), "started_at": None,
+            "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
+            "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host,
+        }
+        self._records[record["dump_id"]] = record
+        self._queue.append(record["dump_id"])
+        self._transition(record, state="queued", message="waiting for a free dump slot")
+        return record
+
+    def _transition(self, record: t.Dict[str, t.Any], **changes: t.Any) -> None:
+        """Apply a state change: persist, log one line, bump the marker, wake waiters. Caller holds the lock."""
+        record.update(changes)
+        if changes.get("finished_at") and record.get("started_at"):
+            record["duration_sec"] = round((parse_iso(record["finished_at"]) - parse_iso(record["started_at"])).total_seconds(), 3)
+        self.store.save(record)
+        self.marker += 1
+        self.store.set_meta("marker", str(self.marker))
+        LOG.info("dump %s vm=%s label=%s state=%s message=%s", record["dump_id"], record["vm"], record["label"], record["state"],
+                 record["message"])
+        self.notifier.notify()
+
+    def delete(self, dump_id: str) -> t.Tuple[int, t.Any]:
+        """Cancel a queued dump or delete a finished one's file; (HTTP status, record or message)."""
+        with self._lock:
+            record = self._records.get(dump_id)
+            if record is None:
+                return 404, f"dump {shorten(dump_id)} not found"
+            if record["state"] == "running":
+                return 409, f"dump {dump_id} is running and cannot be cancelled (libvirt cannot abort a memory-only dump); wait for it to finish"
+            if record["state"] == "queued":
+                self._queue.remove(dump_id)
+                self._transition(record, state="failed", message="cancelled by request", finished_at=iso(utcnow()))
+                return 200, self.public(record)
+            for path in (record.get("dump_path"), record.get("tmp_path")):
+                remove_quietly(path)
+            if not record["file_deleted"]:
+                record.update(file_deleted=True, dump_path=None)
+                self.store.save(record)
+                LOG.info("dump %s vm=%s file deleted by request", dump_id, record["vm"])
+            return 200, self.public(record)
+
+    # ----- workers
+    def _dispatch(self) -> None:
+        with self._lock:
+            while not self._stopping and self._queue and len(self._running) < self.settings.max_parallel:
+                dump_id = self._queue.popleft()
+                record = self._records[dump_id]
+                stamp = utcnow()
+                name = f"{safe_name(record['vm'])}_{stamp.strftime('%Y%m%dT%H%M%SZ')}_{dump_id}.{FORMATS[record['format']][1]}"
+                self._running.add(dump_id)
+                self._transition(record, state="running", started_at=iso(stamp), progress=0.0, message="dumping memory",
+                                 tmp_path=os.path.join(self.settings.dump_dir, f".{name}.part"))
+                thread = threading.Thread(target=self._work, args=(dump_id, name), name=f"memdump-{dump_id[:8]}", daemon=True)
+                self._threads = [th for th in self._threads if th.is_alive()] + [thread]
+                thread.start()
+
+    def _progress(self, record: t.Dict[str, t.Any], value: float) -> None:
+        with self._lock:
+            if record["state"] == "running":
+                record["progress"] = round(value, 1)
+
+    def _set_uuid(self, record: t.Dict[str, t.Any], value: str) -> None:
+        with self._lock:
+            record["vm_uuid"] = value
+            self.store.save(record)
+
+    def _work(self, dump_id: str, name: str) -> None:
+        with self._lock:
+            record = self._records[dump_id]
+            vm, fmt, tmp_path = record["vm"], record["format"], record["tmp_path"]
+        final_path = os.path.join(self.settings.dump_dir, name)
+        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path,
+                      os.path.join(self.settings.dump_dir, f".{dump_id}.fifo"), self.settings.progress_interval, self.settings.space_margin,
+                      self.settings.hash_mode)
+        outcome: t.Dict[str, t.Any]
+        try:
+            digest, size = job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value))
+            if job.memory_only:
+                message = f"memory-only {fmt} dump completed"
+            else:
+                message = f"full (not memory-only) {fmt} dump completed: libvirt's test driver cannot take memory-only dumps"
+            outcome = {"state": "completed", "progress": 100.0, "message": message, "dump_path": final_path, "size_bytes": size,
+                       "sha256": digest, "paused_sec": job.paused_sec}
+        except DumpError as exc:
+            outcome = {"state": "failed", "message": str(exc), "paused_sec": job.paused_sec}
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            LOG.exception("dump %s vm=%s: unexpected error", dump_id, vm)
+            outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "paused_sec": job.paused_sec}
+        with self._lock:
+            self._running.discard(dump_id)
+            self._transition(record, finished_at=iso(utcnow()), tmp_path=None, **outcome)
+            self._dispatch()

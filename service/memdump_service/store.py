@@ -1,0 +1,116 @@
+"""SQLite persistence of dump records (thread-safe: one connection behind a lock)."""
+
+import json
+import os
+import sqlite3
+import threading
+import typing as t
+
+COLUMNS = (
+    "dump_id", "seq", "vm", "vm_uuid", "label", "format", "state", "progress", "message",
+    "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
+    "size_bytes", "sha256", "paused_sec", "file_deleted", "host",
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dumps (
+    dump_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    vm TEXT NOT NULL,
+    vm_uuid TEXT,
+    label TEXT,
+    format TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    duration_sec REAL,
+    dump_path TEXT,
+    tmp_path TEXT,
+    size_bytes INTEGER,
+    sha256 TEXT,
+    paused_sec REAL,
+    file_deleted INTEGER NOT NULL DEFAULT 0,
+    host TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    vms TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class Store:
+    """Dump records, request ids and the change marker in one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def load(self) -> t.List[t.Dict[str, t.Any]]:
+        """Every record, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM dumps ORDER BY seq").fetchall()
+        records = []
+        for row in rows:
+            record = dict(row)
+            record["file_deleted"] = bool(record["file_deleted"])
+            records.append(record)
+        return records
+
+    def save(self, record: t.Mapping[str, t.Any]) -> None:
+        """Insert or replace one record."""
+        values = [record.get(name) for name in COLUMNS]
+        values[COLUMNS.index("file_deleted")] = int(bool(record.get("file_deleted")))
+        marks = ", ".join(["?"] * len(COLUMNS))
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO dumps ({', '.join(COLUMNS)}) VALUES ({marks})", values)
+
+    def get_request(self, request_id: str) -> t.Optional[t.Tuple[t.List[str], t.List[t.Dict[str, t.Any]]]]:
+        """The VM list and result (dump ids and created flags) of an earlier request_id."""
+        with self._lock:
+            row = self._db.execute("SELECT vms, result FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        return json.loads(row["vms"]), json.loads(row["result"])
+
+    def save_request(self, request_id: str, vms: t.List[str], result: t.List[t.Dict[str, t.Any]]) -> None:
+        """Remember what a request_id created."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO requests (request_id, vms, result) VALUES (?, ?, ?)",
+                             (request_id, json.dumps(vms), json.dumps(result)))
+
+    def get_meta(self, key: str, default: str) -> str:
+        """A value of the meta table."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row["value"]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the meta table."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -1,0 +1,481 @@
+"""libvirt access: one shared connection that reconnects after libvirtd restarts, and the dump itself."""
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import select
+import shutil
+import struct
+import threading
+import time
+import typing as t
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover - the service reports it in /health and in every dump
+    libvirt = None
+
+LOG = logging.getLogger("memdump_service")
+
+CHUNK = 4 * 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1024 * 1024
+
+# Our format names -> libvirt VIR_DOMAIN_CORE_DUMP_FORMAT_* values and image file suffixes.
+FORMATS = {
+    "elf": (0, "elf"),
+    "kdump-zlib": (1, "kdump"),
+    "kdump-lzo": (2, "kdump"),
+    "kdump-snappy": (3, "kdump"),
+    "win-dmp": (4, "dmp"),
+}
+VIR_DUMP_MEMORY_ONLY = 1 << 4
+VIR_ERR_NO_SUPPORT = 3
+VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_OPERATION_INVALID = 55
+
+STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down", 5: "shut off", 6: "crashed", 7: "suspended"}
+
+
+class DumpError(Exception):
+    """A dump failed; the message is meant for the client."""
+
+
+class LibvirtUnavailable(DumpError):
+    """libvirt cannot be reached."""
+
+
+def _ignore_libvirt_errors(_ctx: t.Any, _err: t.Any) -> None:
+    """libvirt prints every error to stderr by default; the service reports them itself."""
+
+
+if libvirt is not None:
+    libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
+
+
+def version_string(number: int) -> str:
+    """libvirt's 9000000 -> '9.0.0'."""
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def error_code(exc: BaseException) -> t.Optional[int]:
+    """The libvirt error code of an exception, if it has one."""
+    getter = getattr(exc, "get_error_code", None)
+    return getter() if getter else None
+
+
+class Libvirt:
+    """A shared libvirt connection, reopened when it breaks (for example after a libvirtd restart)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._lock = threading.Lock()
+        self._conn: t.Any = None
+        self.last_error: t.Optional[str] = None
+
+    def connection(self) -> t.Any:
+        """An open connection; raises LibvirtUnavailable with a clear message."""
+        if libvirt is None:
+            raise LibvirtUnavailable("libvirt-python is not installed on the service host (pip install 'memdump-service[libvirt]')")
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    alive = self._conn.isAlive()
+                except libvirt.libvirtError:
+                    alive = False
+                if alive:
+                    return self._conn
+                self._drop_locked()
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                self.last_error = str(exc)
+                raise LibvirtUnavailable(f"cannot connect to libvirt at {self.uri}: {exc}; is libvirtd running?") from exc
+            self.last_error = None
+            LOG.info("connected to libvirt at %s", self.uri)
+            return self._conn
+
+    def _drop_locked(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pylint: disable=broad-exception-caught
+                pass
+
+    def check(self, conn: t.Any) -> None:
+        """Drop conn if it is no longer usable, so that the next call reconnects."""
+        try:
+            alive = conn.isAlive()
+        except Exception:  # pylint: disable=broad-exception-caught
+            alive = False
+        if not alive:
+            with self._lock:
+                if self._conn is conn:
+                    self._drop_locked()
+                    LOG.warning("lost the libvirt connection to %s", self.uri)
+
+    def probe(self) -> t.Dict[str, t.Any]:
+        """Connectivity facts for /health; reconnects when needed."""
+        info: t.Dict[str, t.Any] = {"uri": self.uri, "connected": False, "driver": None, "version": None, "error": None}
+        for _attempt in range(2):
+            try:
+                conn = self.connection()
+                info["version"] = version_string(conn.getLibVersion())
+                info["driver"] = conn.getType()
+                info["connected"] = True
+                info["error"] = None
+                return info
+            except LibvirtUnavailable as exc:
+                info["error"] = str(exc)
+                return info
+            except libvirt.libvirtError as exc:
+                info["error"] = f"libvirt at {self.uri} does not answer: {exc}"
+                self.check(conn)
+        return info
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._drop_locked()
+
+
+class FifoHasher:
+    """Drains a FIFO that libvirt writes into, hashing and writing to out_path in one pass.
+
+    The reader never blocks forever: finish() wakes a reader still waiting in open() (libvirt failed
+    before it opened the FIFO) and gives up on a writer that stays silent after the dump call returned.
+    """
+
+    def __init__(self, fifo_path: str, out_path: str, idle_timeout: float = 30.0) -> None:
+        self.fifo_path = fifo_path
+        self.out_path = out_path
+        self.idle_timeout = idle_timeout
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: t.Optional[str] = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memdump-fifo", daemon=True)
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        out_fd = -1
+        fifo_fd = -1
+        try:
+            out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fifo_fd = os.open(self.fifo_path, os.O_RDONLY)
+            try:
+                fcntl.fcntl(fifo_fd, F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the default 64 KiB pipe works, only slower
+            idle_since = time.monotonic()
+            while True:
+                ready, _w, _x = select.select([fifo_fd], [], [], 0.5)
+                if not ready:
+                    if self._closing.is_set() and time.monotonic() - idle_since > self.idle_timeout:
+                        self.error = self.error or "the dump stream stalled after libvirt returned"
+                        return
+                    continue
+                idle_since = time.monotonic()
+                chunk = os.read(fifo_fd, CHUNK)
+                if not chunk:
+                    return
+                self.sha256.update(chunk)
+                self.size += len(chunk)
+                if self.error is None:
+                    try:
+                        view = memoryview(chunk)
+                        while view:
+                            written = os.write(out_fd, view)
+                            view = view[written:]
+                    except OSError as exc:
+                        # Keep draining so that libvirt is never blocked on a full pipe.
+                        self.error = f"cannot write {self.out_path}: {exc.strerror}"
+        except OSError as exc:
+            self.error = self.error or f"dump stream failed: {exc.strerror}"
+        finally:
+            if fifo_fd >= 0:
+                os.close(fifo_fd)
+            if out_fd >= 0:
+                try:
+                    if self.error is None:
+                        os.fsync(out_fd)
+                except OSError as exc:
+                    self.error = f"cannot write {self.out_path}: {exc.strerror}"
+                os.close(out_fd)
+
+    def finish(self) -> None:
+        """Wait for the reader after the dump call returned (successfully or not)."""
+        self._closing.set()
+        while self._thread.is_alive():
+            try:
+                # Wakes a reader blocked in open() when libvirt never opened the FIFO; harmless otherwise.
+                os.close(os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                if exc.errno not in (errno.ENXIO, errno.ENOENT):
+                    raise
+            self._thread.join(0.05)
+
+
+class FollowHasher:
+    """Hashes a file that libvirt is still writing sequentially, reading right behind the writer (from the page cache).
+
+    Used for ELF dumps in hash mode "follow": no extra hop between QEMU and the disk, the guest's pause is not
+    lengthened by hashing, and no second full read from disk afterwards.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: t.Optional[str] = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memdump-follow", daemon=True)
+
+    def start(self) -> None:
+        """Start the reader thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = -1
+        try:
+            while fd < 0:
+                done = self._done.is_set()
+                try:
+                    fd = os.open(self.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    if done:
+                        return  # libvirt never created the file
+                    self._done.wait(0.01)
+            while True:
+                done = self._done.is_set()
+                chunk = os.read(fd, CHUNK)
+                if chunk:
+                    self.sha256.update(chunk)
+                    self.size += len(chunk)
+                elif done:
+                    return
+                else:
+                    self._done.wait(0.01)
+        except OSError as exc:
+            self.error = f"cannot read back {self.path}: {exc.strerror}"
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def finish(self) -> None:
+        """libvirt returned: hash what is left and stop."""
+        self._done.set()
+        self._thread.join()
+
+
+def hash_file(path: str) -> t.Tuple[str, int]:
+    """SHA-256 and size of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+FLAT_SIGNATURE = b"makedumpfile"
+FLAT_HEADER_SIZE = 4096
+
+
+def is_flattened(path: str) -> bool:
+    """True for makedumpfile's "flattened" format, which QEMU writes for kdump formats into a pipe."""
+    with open(path, "rb") as handle:
+        return handle.read(len(FLAT_SIGNATURE)) == FLAT_SIGNATURE
+
+
+def unflatten(src: str, dst: str) -> None:
+    """Rearrange a flattened kdump stream into a regular kdump file (what makedumpfile -R does)."""
+    with open(src, "rb") as stream, open(dst, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        stream.seek(FLAT_HEADER_SIZE)
+        while True:
+            header = stream.read(16)
+            if len(header) < 16:
+                raise DumpError("the flattened kdump stream from QEMU ends early")
+            offset, size = struct.unpack(">qq", header)
+            if offset < 0:
+                break
+            out.seek(offset)
+            while size > 0:
+                chunk = stream.read(min(size, CHUNK))
+                if not chunk:
+                    raise DumpError("the flattened kdump stream from QEMU ends early")
+                out.write(chunk)
+                size -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def remove_quietly(path: t.Optional[str]) -> None:
+    """Remove a file if it exists."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            LOG.warning("cannot remove %s: %s", path, exc.strerror)
+
+
+class DumpJob:  # pylint: disable=too-many-instance-attributes
+    """One dump: look the guest up, check space, dump memory-only into a temp file, hash, rename."""
+
+    def __init__(self, virt: Libvirt, dump_dir: str, vm: str, fmt: str, final_path: str, tmp_path: str, fifo_path: str,
+                 progress_interval: float = 0.1, space_margin: int = 64 * 1024 * 1024, hash_mode: str = "fifo") -> None:
+        self.virt = virt
+        self.dump_dir = dump_dir
+        self.vm = vm
+        self.fmt = fmt
+        self.final_path = final_path
+        self.tmp_path = tmp_path
+        self.fifo_path = fifo_path
+        self.progress_interval = progress_interval
+        self.space_margin = space_margin
+        self.vm_uuid: t.Optional[str] = None
+        self.memory_only = False
+        self.paused_sec: t.Optional[float] = None
+        self.used_fifo = False
+        self.hash_mode = hash_mode
+        # Where libvirt writes when no FIFO is used (kdump formats arrive "flattened" and are rearranged).
+        self.raw_path = tmp_path[:-len(".part")] + ".raw.part" if tmp_path.endswith(".part") else tmp_path + ".raw"
+
+    def run(self, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None]) -> t.Tuple[str, int]:
+        """Dump; returns (sha256, size) of the image now at final_path. Raises DumpError."""
+        conn = self.virt.connection()
+        try:
+            conn.getLibVersion()
+        except libvirt.libvirtError:
+            # A connection that broke since it was last used (libvirtd restarted): reconnect once.
+            self.virt.check(conn)
+            conn = self.virt.connection()
+        try:
+            return self._run(conn, on_progress, on_uuid)
+        except libvirt.libvirtError as exc:
+            self.virt.check(conn)
+            raise DumpError(self._explain(exc)) from exc
+        except OSError as exc:
+            raise DumpError(f"dump of VM '{self.vm}' failed: {exc}") from exc
+        finally:
+            remove_quietly(self.fifo_path if self.used_fifo else None)
+            remove_quietly(self.raw_path)
+            if not os.path.exists(self.final_path):
+                remove_quietly(self.tmp_path)
+
+    def _explain(self, exc: BaseException) -> str:
+        code = error_code(exc)
+        text = str(exc)
+        if code == VIR_ERR_NO_DOMAIN:
+            return f"VM '{self.vm}' does not exist on {self.virt.uri}"
+        if self.fmt != "elf" and any(word in text.lower() for word in ("dumpformat", "unsupported", "not supported")):
+            return f"format {self.fmt} is not supported by this host's hypervisor: {text}"
+        return f"libvirt failed to dump VM '{self.vm}': {text}"
+
+    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None]) -> t.Tuple[str, int]:
+        dom = conn.lookupByName(self.vm)
+        self.vm_uuid = dom.UUIDString()
+        on_uuid(self.vm_uuid)
+        state = dom.state()[0]
+        if state not in (1, 3):  # running, paused
+            raise DumpError(f"VM '{self.vm}' is {STATE_NAMES.get(state, 'not running')}; only a running VM's memory can be dumped")
+        memory = dom.info()[1] * 1024
+        free = shutil.disk_usage(self.dump_dir).free
+        needed = memory + self.space_margin
+        if free < needed:
+            raise DumpError(f"not enough free space in {self.dump_dir}: {needed} bytes needed (guest memory {memory} + margin "
+                            f"{self.space_margin}), {free} free")
+        driver = conn.getType()
+        self.memory_only = driver.upper() != "TEST"
+        flags = VIR_DUMP_MEMORY_ONLY if self.memory_only else 0
+        self.used_fifo = self.memory_only and self.fmt == "elf" and self.hash_mode == "fifo"
+        hasher: t.Any = None
+        if self.used_fifo:
+            remove_quietly(self.fifo_path)
+            os.mkfifo(self.fifo_path, 0o600)
+            hasher = FifoHasher(self.fifo_path, self.tmp_path)
+            hasher.start()
+            target = self.fifo_path
+        else:
+            target = self.raw_path
+            if self.fmt == "elf" and self.hash_mode == "follow":
+                remove_quietly(self.raw_path)
+                hasher = FollowHasher(self.raw_path)
+                hasher.start()
+        stop = threading.Event()
+        poller = threading.Thread(target=self._poll, args=(dom, stop, on_progress), name="memdump-progress", daemon=True)
+        poller.start()
+        started = time.monotonic()
+        try:
+            dom.coreDumpWithFormat(target, FORMATS[self.fmt][0], flags)
+        finally:
+            self.paused_sec = round(time.monotonic() - started, 3)
+            stop.set()
+            if hasher is not None:
+                hasher.finish()
+            poller.join()
+        if isinstance(hasher, FifoHasher):
+            if hasher.error:
+                raise DumpError(f"dump of VM '{self.vm}' failed: {hasher.error}")
+            digest, size = hasher.sha256.hexdigest(), hasher.size
+        elif isinstance(hasher, FollowHasher):
+            if hasher.error:
+                raise DumpError(f"dump of VM '{self.vm}' failed: {hasher.error}")
+            try:
+                with open(self.raw_path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                    if os.fstat(handle.fileno()).st_size != hasher.size:
+                        raise DumpError(f"the image of VM '{self.vm}' changed while it was hashed")
+                os.rename(self.raw_path, self.tmp_path)
+            except OSError as exc:
+                raise DumpError(f"cannot finish the image {self.tmp_path}: {exc.strerror}") from exc
+            digest, size = hasher.sha256.hexdigest(), hasher.size
+        else:
+            try:
+                if self.fmt.startswith("kdump") and is_flattened(self.raw_path):
+                    unflatten(self.raw_path, self.tmp_path)
+                    remove_quietly(self.raw_path)
+                else:
+                    with open(self.raw_path, "rb+") as handle:
+                        os.fsync(handle.fileno())
+                    os.rename(self.raw_path, self.tmp_path)
+                digest, size = hash_file(self.tmp_path)
+            except OSError as exc:
+                raise DumpError(f"cannot read back the image {self.tmp_path}: {exc.strerror}") from exc
+        try:
+            os.chmod(self.tmp_path, 0o600)
+            os.rename(self.tmp_path, self.final_path)
+            dir_fd = os.open(self.dump_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise DumpError(f"cannot finish the image {self.final_path}: {exc.strerror}") from exc
+        return digest, size
+
+    def _poll(self, dom: t.Any, stop: threading.Event, on_progress: t.Callable[[float], None]) -> None:
+        while not stop.wait(self.progress_interval):
+            try:
+                stats = dom.jobStats()
+            except libvirt.libvirtError as exc:
+                if error_code(exc) == VIR_ERR_NO_SUPPORT:
+                    return
+                continue
+            total = stats.get("memory_total") or 0
+            processed = stats.get("memory_processed") or 0
+            if total > 0 and not stop.is_set():
+                on_progress(min(99.9, max(0.0, 100.0 * processed / total)))

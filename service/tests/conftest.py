@@ -1,0 +1,106 @@
+"""Fixtures for the memdump service tests."""
+
+import contextlib
+import threading
+import time
+import typing as t
+
+import pytest
+from fastapi.testclient import TestClient
+
+from memdump_service import virt
+from memdump_service.app import create_app
+from memdump_service.config import Settings
+
+NODE_XML = """<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+{domains}
+  <domain type='test'><name>stopped01</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e19ff</uuid><memory>131072</memory><os><type>hvm</type></os>
+    <test:runstate>5</test:runstate></domain>
+</node>
+"""
+DOMAIN = "  <domain type='test'><name>{name}</name><uuid>6695eb01-f6a4-8304-79aa-{num:012d}</uuid><memory>131072</memory><os><type>hvm</type></os></domain>"
+TEST_VMS = ["web01", "db01", "app01"] + [f"vm{i:02d}" for i in range(60)]
+
+
+@pytest.fixture(name="node_uri")
+def fixture_node_uri(tmp_path) -> str:
+    """A libvirt test-driver node file with running domains TEST_VMS and a shut-off stopped01."""
+    domains = "\n".join(DOMAIN.format(name=name, num=i) for i, name in enumerate(TEST_VMS))
+    path = tmp_path / "node.xml"
+    path.write_text(NODE_XML.format(domains=domains))
+    return f"test://{path}"
+
+
+@pytest.fixture(name="settings")
+def fixture_settings(tmp_path, node_uri) -> Settings:
+    """Settings on a temp dir and the test driver."""
+    return Settings(dump_dir=str(tmp_path / "dumps"), state_file=str(tmp_path / "state" / "jobs.sqlite3"), libvirt_uri=node_uri,
+                    progress_interval=0.02)
+
+
+@contextlib.contextmanager
+def running_app(settings: Settings) -> t.Iterator[TestClient]:
+    """A TestClient whose lifespan (job manager) runs inside the block."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(name="client")
+def fixture_client(settings) -> t.Iterator[TestClient]:
+    """A client of a service on the test driver."""
+    with running_app(settings) as client:
+        yield client
+
+
+def wait_finished(client: TestClient, dump_ids: t.Sequence[str], timeout: float = 10.0, headers=None) -> t.List[dict]:
+    """Wait (long-poll) until every dump is completed or failed; the records in dump_ids order."""
+    deadline = time.monotonic() + timeout
+    marker = None
+    while time.monotonic() < deadline:
+        params: t.Dict[str, t.Any] = {"dump_id": list(dump_ids)}
+        if marker is not None:
+            params.update(wait=1, marker=marker)
+        answer = client.get("/api/dumps", params=params, headers=headers).json()
+        marker = answer["marker"]
+        by_id = {d["dump_id"]: d for d in answer["dumps"]}
+        if all(by_id[i]["state"] in ("completed", "failed") for i in dump_ids):
+            return [by_id[i] for i in dump_ids]
+    raise AssertionError(f"dumps {dump_ids} did not finish in {timeout} s")
+
+
+class Gate:
+    """Replaces DumpJob.run with a fake that blocks until released (to hold dumps in 'running')."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: t.List[str] = []
+        self.lock = threading.Lock()
+        self.fail = False
+
+    def run(self, job, on_progress, on_uuid):
+        with self.lock:
+            self.started.append(job.vm)
+        on_uuid("00000000-0000-0000-0000-000000000000")
+        on_progress(50.0)
+        if not self.release.wait(20):
+            raise virt.DumpError("gate never released")
+        if self.fail:
+            raise virt.DumpError("fake failure")
+        with open(job.final_path, "wb") as handle:
+            handle.write(b"fake image")
+        job.memory_only = True
+        job.paused_sec = 0.01
+        return "0" * 64, 10
+
+
+@pytest.fixture(name="gate")
+def fixture_gate(monkeypatch) -> t.Iterator[Gate]:
+    """Dumps block in 'running' until gate.release is set."""
+    gate = Gate()
+
+    def fake_run(job, on_progress, on_uuid):
+        return gate.run(job, on_progress, on_uuid)
+
+    monkeypatch.setattr(virt.DumpJob, "run", fake_run)
+    yield gate
+    gate.release.set()

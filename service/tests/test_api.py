@@ -1,0 +1,517 @@
+"""The HTTP API against libvirt's test driver (and a gated fake dump where timing matters)."""
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import stat
+import struct
+import threading
+import time
+
+import httpx
+import pytest
+
+from memdump_service import virt
+from memdump_service.config import Settings, parse_args
+from memdump_service.jobs import INTERRUPTED
+from memdump_service.store import Store
+
+from conftest import running_app, wait_finished
+
+
+def post(client, body, **kwargs):
+    return client.post("/api/dumps", json=body, **kwargs)
+
+
+def test_health(client):
+    answer = client.get("/health")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "ok"
+    assert body["libvirt"]["connected"] is True
+    assert body["libvirt"]["driver"] == "TEST"
+    assert body["libvirt"]["memory_only"] is False
+    assert body["queue"] == {"queued": 0, "running": 0, "max_parallel": 2}
+    assert body["auth"] is False
+    assert "wait" in body["features"]
+
+
+def test_openapi(client):
+    answer = client.get("/openapi.json")
+    assert answer.status_code == 200
+    assert "/api/dumps" in answer.json()["paths"]
+
+
+def test_dump_completes_with_file_hash_and_modes(client, settings):
+    answer = post(client, {"vms": ["web01"], "label": "IR-2026-042"})
+    assert answer.status_code == 202
+    body = answer.json()
+    assert isinstance(body["marker"], int)
+    dump = body["dumps"][0]
+    assert dump["created"] is True and dump["vm"] == "web01" and dump["label"] == "IR-2026-042" and len(dump["dump_id"]) == 32
+    done = wait_finished(client, [dump["dump_id"]])[0]
+    assert done["state"] == "completed", done["message"]
+    assert "not memory-only" in done["message"]
+    assert done["progress"] == 100.0
+    path = done["dump_path"]
+    assert os.path.dirname(path) == settings.dump_dir
+    assert dump["dump_id"] in os.path.basename(path) and os.path.basename(path).startswith("web01_")
+    data = open(path, "rb").read()
+    assert data.startswith(b"TestGuestMagic")
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["size_bytes"] == len(data)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(settings.dump_dir).st_mode) == 0o700
+    assert done["paused_sec"] is not None and done["duration_sec"] is not None
+    assert done["vm_uuid"] == "6695eb01-f6a4-8304-79aa-000000000000"
+    assert done["started_at"].endswith("Z") and done["finished_at"].endswith("Z")
+    assert not [n for n in os.listdir(settings.dump_dir) if n.startswith(".")]
+
+
+def test_vm_ids_alias_and_missing_vm_is_not_an_http_error(client):
+    answer = post(client, {"vm_ids": ["nosuchvm", "stopped01"]})
+    assert answer.status_code == 202
+    ids = [d["dump_id"] for d in answer.json()["dumps"]]
+    missing, stopped = wait_finished(client, ids)
+    assert missing["state"] == "failed" and "does not exist" in missing["message"]
+    assert stopped["state"] == "failed" and "shut off" in stopped["message"]
+
+
+def test_unsupported_format_fails_clearly_without_leftovers(client, settings):
+    ids = [d["dump_id"] for d in post(client, {"vms": ["web01"], "format": "kdump-zlib"}).json()["dumps"]]
+    done = wait_finished(client, ids)[0]
+    assert done["state"] == "failed" and "kdump-zlib" in done["message"]
+    assert os.listdir(settings.dump_dir) == []
+
+
+def test_free_space_check(settings):
+    settings.space_margin = 1 << 60
+    with running_app(settings) as client:
+        ids = [d["dump_id"] for d in post(client, {"vms": ["web01"]}).json()["dumps"]]
+        done = wait_finished(client, ids)[0]
+    assert done["state"] == "failed" and "not enough free space" in done["message"]
+
+
+def test_get_one_filters_and_vm_map(client):
+    first = post(client, {"vms": ["web01", "db01"], "label": "IR-1"}).json()["dumps"]
+    second = post(client, {"vms": ["app01"], "label": "IR-2"}).json()["dumps"]
+    ids = [d["dump_id"] for d in first + second]
+    wait_finished(client, ids)
+    one = client.get(f"/api/dumps/{ids[0]}")
+    assert one.status_code == 200 and one.json()["vm"] == "web01" and "marker" in one.json()
+    assert client.get("/api/dumps/" + "0" * 32).status_code == 404
+    listed = client.get("/api/dumps").json()
+    assert [d["dump_id"] for d in listed["dumps"]] == list(reversed(ids))
+    assert listed["vms"]["web01"] == [ids[0]]
+    assert {d["vm"] for d in client.get("/api/dumps", params={"label": "IR-1"}).json()["dumps"]} == {"web01", "db01"}
+    assert [d["vm"] for d in client.get("/api/dumps", params={"vm": ["app01", "db01"]}).json()["dumps"]] == ["app01", "db01"]
+    assert len(client.get("/api/dumps", params={"state": "completed"}).json()["dumps"]) == 3
+    assert client.get("/api/dumps", params={"state": "queued"}).json()["dumps"] == []
+    assert client.get("/api/dumps", params={"state": "bogus"}).status_code == 400
+    assert client.get("/api/dumps", params={"wait": "abc"}).status_code == 422
+    assert isinstance(client.get("/api/dumps", params={"wait": 500}).json()["detail"], str)
+
+
+def test_file_streaming_range_and_delete(client):
+    dump_id = post(client, {"vms": ["web01"]}).json()["dumps"][0]["dump_id"]
+    done = wait_finished(client, [dump_id])[0]
+    whole = client.get(f"/api/dumps/{dump_id}/file")
+    assert whole.status_code == 200
+    assert whole.headers["x-memdump-sha256"] == done["sha256"]
+    assert int(whole.headers["content-length"]) == done["size_bytes"]
+    assert hashlib.sha256(whole.content).hexdigest() == done["sha256"]
+    part = client.get(f"/api/dumps/{dump_id}/file", headers={"Range": "bytes=4-7"})
+    assert part.status_code == 206 and part.content == whole.content[4:8]
+    assert client.get("/api/dumps/" + "0" * 32 + "/file").status_code == 404
+    deleted = client.delete(f"/api/dumps/{dump_id}")
+    assert deleted.status_code == 200
+    assert deleted.json()["file_deleted"] is True and deleted.json()["dump_path"] is None
+    assert not os.path.exists(done["dump_path"])
+    assert client.get(f"/api/dumps/{dump_id}/file").status_code == 410
+    assert client.delete(f"/api/dumps/{dump_id}").status_code == 200
+    assert client.get(f"/api/dumps/{dump_id}").json()["state"] == "completed"
+    assert client.delete("/api/dumps/" + "0" * 32).status_code == 404
+
+
+def test_queue_cap_running_409_and_cancel(gate, settings):
+    settings.max_parallel = 2
+    with running_app(settings) as client:
+        vms = ["vm00", "vm01", "vm02", "vm03", "vm04"]
+        dumps = post(client, {"vms": vms}).json()["dumps"]
+        ids = [d["dump_id"] for d in dumps]
+        states = [d["state"] for d in client.get("/api/dumps", params={"dump_id": ids}).json()["dumps"]]
+        assert states.count("running") == 2 and states.count("queued") == 3
+        assert client.get("/health").json()["queue"] == {"queued": 3, "running": 2, "max_parallel": 2}
+        running = client.get(f"/api/dumps/{ids[0]}").json()
+        assert running["state"] == "running" and running["progress"] == 50.0
+        conflict = client.delete(f"/api/dumps/{ids[0]}")
+        assert conflict.status_code == 409 and "cannot" in conflict.json()["detail"]
+        assert client.get(f"/api/dumps/{ids[0]}/file").status_code == 409
+        cancelled = client.delete(f"/api/dumps/{ids[4]}")
+        assert cancelled.status_code == 200 and cancelled.json()["message"] == "cancelled by request"
+        assert cancelled.json()["state"] == "failed"
+        gate.release.set()
+        finished = wait_finished(client, ids)
+        assert [d["state"] for d in finished] == ["completed"] * 4 + ["failed"]
+        assert len(gate.started) == 4
+
+
+def test_parallel_cap_holds_with_many_queued(gate, settings):
+    settings.max_parallel = 3
+    with running_app(settings) as client:
+        vms = [f"vm{i:02d}" for i in range(50)]
+        ids = [d["dump_id"] for d in post(client, {"vms": vms}).json()["dumps"]]
+        peak = 0
+        stop = threading.Event()
+
+        def watch():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, client.app.state.jobs.counts()["running"])
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        gate.release.set()
+        finished = wait_finished(client, ids, timeout=30)
+        stop.set()
+        watcher.join()
+        assert all(d["state"] == "completed" for d in finished)
+        assert 1 <= peak <= 3
+
+
+def test_in_flight_reuse_label_reuse_and_force(gate, client):
+    first = post(client, {"vms": ["web01"], "label": "IR-7"}).json()["dumps"][0]
+    again = post(client, {"vms": ["web01"], "label": "OTHER", "force": True}).json()["dumps"][0]
+    assert again["dump_id"] == first["dump_id"] and again["created"] is False
+    gate.release.set()
+    wait_finished(client, [first["dump_id"]])
+    same = post(client, {"vms": ["web01"], "label": "IR-7"}).json()["dumps"][0]
+    assert same["dump_id"] == first["dump_id"] and same["created"] is False and same["state"] == "completed"
+    other = post(client, {"vms": ["web01"], "label": "IR-8"}).json()["dumps"][0]
+    assert other["created"] is True
+    wait_finished(client, [other["dump_id"]])
+    forced = post(client, {"vms": ["web01"], "label": "IR-7", "force": True}).json()["dumps"][0]
+    assert forced["created"] is True and forced["dump_id"] != first["dump_id"]
+    wait_finished(client, [forced["dump_id"]])
+    newest = post(client, {"vms": ["web01"], "label": "IR-7"}).json()["dumps"][0]
+    assert newest["dump_id"] == forced["dump_id"] and newest["created"] is False
+    unlabelled = post(client, {"vms": ["web01"]}).json()["dumps"][0]
+    assert unlabelled["created"] is True
+
+
+def test_request_id_retry(client):
+    body = {"vms": ["web01", "db01"], "request_id": "run-1"}
+    first = post(client, body).json()["dumps"]
+    wait_finished(client, [d["dump_id"] for d in first])
+    retry = post(client, body).json()["dumps"]
+    assert [d["dump_id"] for d in retry] == [d["dump_id"] for d in first]
+    assert [d["created"] for d in retry] == [True, True]
+    assert len(client.get("/api/dumps").json()["dumps"]) == 2
+    conflict = post(client, {"vms": ["app01"], "request_id": "run-1"})
+    assert conflict.status_code == 409 and "request_id" in conflict.json()["detail"]
+
+
+def test_concurrent_identical_requests_create_one_dump(gate, client):
+    answers = []
+
+    def trigger():
+        answers.append(post(client, {"vms": ["db01"], "label": "IR-9"}).json())
+
+    threads = [threading.Thread(target=trigger) for _number in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = {a["dumps"][0]["dump_id"] for a in answers}
+    assert len(ids) == 1
+    assert sum(a["dumps"][0]["created"] for a in answers) == 1
+    gate.release.set()
+    wait_finished(client, list(ids))
+    assert gate.started == ["db01"]
+
+
+def test_long_poll_answers_on_state_change(gate, client):
+    dump_id = post(client, {"vms": ["web01"]}).json()["dumps"][0]["dump_id"]
+    marker = client.get(f"/api/dumps/{dump_id}").json()["marker"]
+    started = time.monotonic()
+    quiet = client.get("/api/dumps", params={"wait": 0.3, "marker": marker}).json()
+    assert 0.25 <= time.monotonic() - started < 2 and quiet["marker"] == marker
+    timer = threading.Timer(0.3, gate.release.set)
+    timer.start()
+    started = time.monotonic()
+    answer = client.get(f"/api/dumps/{dump_id}", params={"wait": 10, "marker": marker}).json()
+    elapsed = time.monotonic() - started
+    assert answer["state"] == "completed" and answer["marker"] > marker
+    assert 0.2 < elapsed < 2
+    stale = client.get("/api/dumps", params={"wait": 10, "marker": marker - 1})
+    assert stale.json()["marker"] == answer["marker"]
+
+
+def test_restart_recovery(settings):
+    with running_app(settings) as client:
+        done_id = post(client, {"vms": ["web01"]}).json()["dumps"][0]["dump_id"]
+        wait_finished(client, [done_id])
+        marker = client.get("/api/dumps").json()["marker"]
+    # Fake a crash: one dump was running (with a partial file), one queued.
+    os.makedirs(settings.dump_dir, exist_ok=True)
+    partial = os.path.join(settings.dump_dir, ".db01_x_running.elf.part")
+    stray = os.path.join(settings.dump_dir, ".0123.fifo")
+    for path in (partial, stray):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+    store = Store(settings.state_file)
+    base = {"vm_uuid": None, "label": None, "format": "elf", "progress": 10.0, "message": "", "created_at": "2026-11-25T22:50:01.000000Z",
+            "finished_at": None, "duration_sec": None, "dump_path": None, "size_bytes": None, "sha256": None, "paused_sec": None,
+            "file_deleted": False, "host": "h"}
+    store.save(dict(base, dump_id="r" * 32, seq=100, vm="db01", state="running", started_at="2026-11-25T22:50:01.000000Z", tmp_path=partial))
+    store.save(dict(base, dump_id="q" * 32, seq=101, vm="app01", state="queued", started_at=None, tmp_path=None))
+    store.close()
+    with running_app(settings) as client:
+        assert client.get("/api/dumps").json()["marker"] > marker
+        interrupted = client.get("/api/dumps/" + "r" * 32).json()
+        assert interrupted["state"] == "failed" and interrupted["message"] == INTERRUPTED
+        assert interrupted["finished_at"] and interrupted["duration_sec"] is not None
+        assert not os.path.exists(partial) and not os.path.exists(stray)
+        queued = wait_finished(client, ["q" * 32])[0]
+        assert queued["state"] == "completed"
+        assert client.get(f"/api/dumps/{done_id}").json()["state"] == "completed"
+
+
+def test_auth(settings, tmp_path, caplog):
+    token = "s3cret-token-value"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    settings.token_file = str(token_file)
+    caplog.set_level(logging.DEBUG)
+    with running_app(settings) as client:
+        good = {"Authorization": f"Bearer {token}"}
+        routes = [("get", "/api/dumps"), ("post", "/api/dumps"), ("get", "/api/dumps/x"), ("get", "/api/dumps/x/file"),
+                  ("delete", "/api/dumps/x"), ("get", "/api/nothing")]
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}, {"Authorization": "Basic " + token}):
+            for method, path in routes:
+                answer = client.request(method, path, headers=headers, json={"vms": ["web01"]})
+                assert answer.status_code == 401, (method, path, headers)
+                assert answer.json() == {"detail": "missing or invalid bearer token"}
+        assert client.get("/health").json()["auth"] is True
+        assert client.get("/openapi.json").status_code == 200
+        dump_id = client.post("/api/dumps", json={"vms": ["web01"]}, headers=good).json()["dumps"][0]["dump_id"]
+        wait_finished(client, [dump_id], headers=good)
+        assert client.get(f"/api/dumps/{dump_id}/file", headers=good).status_code == 200
+    assert token not in caplog.text
+
+
+def test_bad_token_file(settings, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    settings.token_file = str(empty)
+    with pytest.raises(ValueError, match="empty"):
+        running_app(settings).__enter__()  # pylint: disable=unnecessary-dunder-call
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"vms": []}, "empty"),
+    ({"vms": ["web01", "web01"]}, "more than once"),
+    ({"vms": ["a/b"]}, "'/'"),
+    ({"vms": ["a\x00b"]}, "control"),
+    ({"vms": ["a\nb"]}, "control"),
+    ({"vms": ["x" * 256]}, "at most 255"),
+    ({"vms": [".."]}, "not a valid name"),
+    ({"vms": [""]}, "empty"),
+    ({"vms": [1]}, "string"),
+    ({"vms": "web01"}, "list"),
+    ({}, "vms"),
+    ({"vms": ["web01"], "format": "zip"}, "unknown format"),
+    ({"vms": ["web01"], "label": "bad label!"}, "label"),
+    ({"vms": ["web01"], "label": "x" * 129}, "label"),
+    ({"vms": ["web01"], "force": "yes"}, "force"),
+    ({"vms": ["web01"], "request_id": "x" * 129}, "request_id"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_input(client, body, words):
+    answer = post(client, body)
+    assert answer.status_code == 400, answer.text
+    assert isinstance(answer.json()["detail"], str) and words in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("content, ctype, status", [
+    (b"not json", "application/json", 400),
+    (b"", "application/json", 400),
+    (b"\xff\xfe{", "application/json", 400),
+    (b'{"vms": ["\\ud800"]}', "application/json", 400),
+    (b'{"vms": ["web01"]}', "text/plain", 415),
+    (b'{"vms": ["' + b"x" * (2 * 1024 * 1024) + b'"]}', "application/json", 413),
+])
+def test_bad_bodies(client, content, ctype, status):
+    answer = client.post("/api/dumps", content=content, headers={"Content-Type": ctype})
+    assert answer.status_code == status
+    assert isinstance(answer.json()["detail"], str)
+
+
+def test_core_api_only(settings):
+    settings.core_api_only = True
+    with running_app(settings) as client:
+        answer = post(client, {"vms": ["web01"], "label": "IR-1", "format": "nonsense", "request_id": "x"})
+        assert answer.status_code == 202
+        body = answer.json()
+        assert "marker" not in body and "created" not in body["dumps"][0] and body["dumps"][0]["label"] is None
+        dump_id = body["dumps"][0]["dump_id"]
+        for _attempt in range(100):
+            listed = client.get("/api/dumps", params={"wait": 5, "marker": 0}).json()
+            assert "marker" not in listed
+            if listed["dumps"][0]["state"] == "completed":
+                break
+            time.sleep(0.02)
+        assert listed["vms"] == {"web01": [dump_id]}
+        started = time.monotonic()
+        client.get("/api/dumps", params={"wait": 5, "marker": 0})
+        assert time.monotonic() - started < 1
+        for method, path in (("get", f"/api/dumps/{dump_id}"), ("get", f"/api/dumps/{dump_id}/file"), ("delete", f"/api/dumps/{dump_id}")):
+            assert client.request(method, path).status_code == 404
+        assert post(client, {"vms": []}).status_code == 400
+        assert client.get("/health").json()["features"] == []
+
+
+def test_libvirt_unreachable(settings, tmp_path):
+    settings.libvirt_uri = f"test://{tmp_path}/missing-node.xml"
+    with running_app(settings) as client:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable" and health.json()["libvirt"]["error"]
+        dump_id = post(client, {"vms": ["web01"]}).json()["dumps"][0]["dump_id"]
+        done = wait_finished(client, [dump_id])[0]
+        assert done["state"] == "failed" and "cannot connect to libvirt" in done["message"]
+
+
+def test_reconnects_after_connection_loss(client):
+    jobs = client.app.state.jobs
+    conn = jobs.virt.connection()
+    conn.close()
+    assert client.get("/health").status_code == 200
+    assert jobs.virt.connection() is not conn
+
+
+def test_fifo_reader_never_blocks_when_libvirt_never_opens(tmp_path):
+    fifo = tmp_path / "f.fifo"
+    os.mkfifo(fifo, 0o600)
+    hasher = virt.FifoHasher(str(fifo), str(tmp_path / "out"))
+    hasher.start()
+    started = time.monotonic()
+    hasher.finish()
+    assert time.monotonic() - started < 2
+    assert hasher.size == 0
+
+
+def test_fifo_reader_hashes_and_writes(tmp_path):
+    fifo = tmp_path / "f.fifo"
+    os.mkfifo(fifo, 0o600)
+    hasher = virt.FifoHasher(str(fifo), str(tmp_path / "out"))
+    hasher.start()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with open(fifo, "wb") as writer:
+        writer.write(data)
+    hasher.finish()
+    assert hasher.error is None and hasher.size == len(data)
+    assert hasher.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "out").read_bytes() == data
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o600
+
+
+def test_options_and_env_fallbacks(tmp_path):
+    env = {"MEMDUMP_LISTEN": "127.0.0.1:6001", "MEMDUMP_MAX_PARALLEL": "3", "MEMDUMP_DUMP_DIR": str(tmp_path),
+           "MEMDUMP_CORE_API_ONLY": "true", "MEMDUMP_LIBVIRT_URI": "test:///default"}
+    settings = parse_args([], env)
+    assert (settings.listen, settings.max_parallel, settings.dump_dir, settings.core_api_only) == ("127.0.0.1:6001", 3, str(tmp_path), True)
+    settings = parse_args(["--max-parallel", "1", "--listen", "[::1]:7000"], env)
+    assert settings.max_parallel == 1 and settings.listen == "[::1]:7000"
+    assert parse_args([], {}).listen == "127.0.0.1:5001"
+    with pytest.raises(ValueError):
+        parse_args(["--tls-cert", "x"], {})
+    with pytest.raises(ValueError):
+        Settings(listen="nohost").validate()
+
+
+def test_follow_hasher_reads_behind_a_growing_file(tmp_path):
+    path = tmp_path / "growing"
+    hasher = virt.FollowHasher(str(path))
+    hasher.start()
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    time.sleep(0.03)
+    with open(path, "wb") as handle:
+        for start in range(0, len(data), 300000):
+            handle.write(data[start:start + 300000])
+            handle.flush()
+            time.sleep(0.005)
+    hasher.finish()
+    assert hasher.error is None and hasher.size == len(data)
+    assert hasher.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_follow_hasher_without_file(tmp_path):
+    hasher = virt.FollowHasher(str(tmp_path / "never"))
+    hasher.start()
+    hasher.finish()
+    assert hasher.size == 0
+
+
+def test_unflatten(tmp_path):
+    flat = tmp_path / "flat"
+    blocks = [(0, b"KDUMP   header"), (8192, b"x" * 5000), (100, b"patched")]
+    with open(flat, "wb") as handle:
+        handle.write(virt.FLAT_SIGNATURE.ljust(virt.FLAT_HEADER_SIZE, b"\0"))
+        for offset, payload in blocks:
+            handle.write(struct.pack(">qq", offset, len(payload)) + payload)
+        handle.write(struct.pack(">qq", -1, -1))
+    assert virt.is_flattened(str(flat))
+    virt.unflatten(str(flat), str(tmp_path / "out"))
+    out = (tmp_path / "out").read_bytes()
+    assert out.startswith(b"KDUMP   header") and out[100:107] == b"patched" and out[8192:] == b"x" * 5000
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+def test_command_line_service_with_tls_and_token(tmp_path, node_uri):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    token = "cli-token-0123456789"
+    (tmp_path / "token").write_text(token)
+    port = free_port()
+    env = dict(os.environ, MEMDUMP_DUMP_DIR=str(tmp_path / "dumps"), MEMDUMP_STATE_FILE=str(tmp_path / "state.db"),
+               MEMDUMP_LIBVIRT_URI=node_uri, MEMDUMP_TOKEN_FILE=str(tmp_path / "token"), MEMDUMP_TLS_CERT=str(tmp_path / "cert.pem"),
+               MEMDUMP_TLS_KEY=str(tmp_path / "key.pem"))
+    log = open(tmp_path / "log", "wb")  # pylint: disable=consider-using-with
+    proc = subprocess.Popen([sys.executable, "-m", "memdump_service", "--listen", f"127.0.0.1:{port}"],  # pylint: disable=consider-using-with
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        with httpx.Client(verify=str(tmp_path / "cert.pem"), timeout=5) as web:
+            deadline = time.monotonic() + 30
+            health = None
+            while health is None and time.monotonic() < deadline:
+                try:
+                    health = web.get(url + "/health")
+                except httpx.TransportError:
+                    assert proc.poll() is None, (tmp_path / "log").read_text()
+                    time.sleep(0.05)
+            assert health is not None, (tmp_path / "log").read_text()
+            assert health.status_code == 200 and health.json()["auth"] is True
+            assert web.get(url + "/api/dumps").status_code == 401
+            answer = web.post(url + "/api/dumps", json={"vms": ["web01"]}, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 202
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        log.close()
+    text = (tmp_path / "log").read_text()
+    assert "state=queued" in text and token not in text
