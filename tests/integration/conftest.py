@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,14 +37,17 @@ class MemdumpService:
     def __init__(self, workdir, libvirt_uri, token=None, extra_args=(), env=None):
         self.workdir = str(workdir)
         self.port = free_port()
-        self.url = 'http://127.0.0.1:%d' % self.port
+        self.extra_args = list(extra_args)
+        # With --tls-cert the service speaks HTTPS; the fixture's own calls skip verification.
+        self.tls = '--tls-cert' in self.extra_args
+        self.url = '%s://127.0.0.1:%d' % ('https' if self.tls else 'http', self.port)
+        self.ssl_context = ssl._create_unverified_context() if self.tls else None  # pylint: disable=protected-access
         self.libvirt_uri = libvirt_uri
         self.dump_dir = os.path.join(self.workdir, 'dumps')
         self.state_file = os.path.join(self.workdir, 'state.sqlite')
         self.log_path = os.path.join(self.workdir, 'service.log')
         self.token = token
         self.token_file = None
-        self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.proc = None
         if token:
@@ -80,7 +84,7 @@ class MemdumpService:
             if self.proc.poll() is not None:
                 raise AssertionError('memdump service exited with %s:\n%s' % (self.proc.returncode, self.read_log()))
             try:
-                with urllib.request.urlopen(self.url + '/health', timeout=2):
+                with urllib.request.urlopen(self.url + '/health', timeout=2, context=self.ssl_context):
                     return
             except urllib.error.HTTPError:
                 return  # it answers (503 = libvirt unreachable, still up)
@@ -122,7 +126,7 @@ class MemdumpService:
         if token or self.token:
             req.add_header('Authorization', 'Bearer ' + (token or self.token))
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as resp:
                 raw, status = resp.read(), resp.status
         except urllib.error.HTTPError as e:
             raw, status = e.read(), e.code
@@ -196,7 +200,10 @@ def run_playbook(tmp_path):
             cmd.append('--check')
         cmd += list(args)
         run_env = dict(os.environ)
-        run_env.update({'ANSIBLE_STDOUT_CALLBACK': 'ansible.builtin.json', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
+        # ansible-core ships no json callback (ansible.builtin.json redirects to ansible.posix, which
+        # Galaxy-less machines lack): a test-only one with the same output lives in json_callback/.
+        run_env.update({'ANSIBLE_STDOUT_CALLBACK': 'memdump_test_json', 'ANSIBLE_HOST_KEY_CHECKING': 'False',
+                        'ANSIBLE_CALLBACK_PLUGINS': os.path.join(os.path.dirname(os.path.abspath(__file__)), 'json_callback'),
                         'ANSIBLE_PYTHON_INTERPRETER': sys.executable, 'ANSIBLE_NOCOLOR': '1',
                         'ANSIBLE_LOCAL_TEMP': str(tmp_path / 'ansible-tmp')})
         run_env.update(env or {})
@@ -208,3 +215,53 @@ def run_playbook(tmp_path):
         return PlaybookResult(proc, out)
 
     return run
+
+
+# --- Helpers for the reliability tests (issue 8); generic enough for any test. ---
+
+def poll_until(predicate, timeout, interval=0.05, what='condition'):
+    """Calls predicate until it returns something truthy (returned) or timeout seconds pass (fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError('timed out after %ss waiting for %s' % (timeout, what))
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until():
+    """``wait_until(predicate, timeout, interval=0.05, what='...')``: poll until truthy, else fail."""
+    return poll_until
+
+
+@pytest.fixture
+def test_driver_uri(tmp_path):
+    """Factory: ``test_driver_uri(names, memory_kib=131072)`` writes a libvirt test-driver node file
+    with one running domain per name and returns its ``test:///...`` URI."""
+    counter = [0]
+
+    def make(names, memory_kib=131072):
+        counter[0] += 1
+        domains = ''.join(
+            "<domain type='test'><name>%s</name><uuid>6695eb01-f6a4-8304-79aa-%012x</uuid>"
+            "<os><type>hvm</type></os><memory>%d</memory></domain>\n" % (name, index + 1, memory_kib)
+            for index, name in enumerate(names))
+        path = tmp_path / ('test-node-%d.xml' % counter[0])
+        path.write_text("<node xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>\n%s</node>\n" % domains)
+        return 'test://' + str(path)
+
+    return make
+
+
+@pytest.fixture
+def self_signed_cert(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and localhost: returns (cert_path, key_path)."""
+    cert, key = tmp_path / 'tls-cert.pem', tmp_path / 'tls-key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+                    '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+                    '-keyout', str(key), '-out', str(cert)], check=True, capture_output=True, timeout=60)
+    os.chmod(key, 0o600)
+    return str(cert), str(key)

@@ -1,0 +1,228 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) vmforensics maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The one HTTP client of the memdump service, shared by every module of the collection.
+
+For internal collection use only: this is not a public API and may change without notice.
+It is built on ``ansible.module_utils.urls`` so managed hosts need no extra Python library, and
+TLS options (``validate_certs``, ``ca_path``) behave as in ``ansible.builtin.uri``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import urllib.error
+from urllib.parse import urlencode, quote
+
+from ansible.module_utils.common.text.converters import to_native, to_text
+from ansible.module_utils.urls import Request, ConnectionError as UrlsConnectionError, SSLValidationError
+
+DEFAULT_URL = 'http://127.0.0.1:5001'
+DEFAULT_TIMEOUT = 30.0
+TERMINAL_STATES = ('completed', 'failed')
+PENDING_STATES = ('queued', 'running')
+STATES = PENDING_STATES + TERMINAL_STATES
+FORMATS = ('elf', 'kdump-zlib', 'kdump-lzo', 'kdump-snappy', 'win-dmp')
+# The service holds a wait request for at most this many seconds (docs/api.md: 0-120).
+MAX_SERVER_WAIT = 60.0
+
+
+class MemdumpError(Exception):
+    """Any failure talking to the memdump service; ``str()`` is a message a responder can act on."""
+
+    def __init__(self, msg, url=None, status=None, detail=None, body=None):
+        super(MemdumpError, self).__init__(msg)
+        self.msg = msg
+        self.url = url
+        self.status = status
+        self.detail = detail
+        self.body = body
+
+
+class MemdumpConnectionError(MemdumpError):
+    """The service could not be reached or the connection dropped: worth retrying."""
+
+
+class MemdumpTLSError(MemdumpError):
+    """The service's TLS certificate is not trusted: a configuration error, not retried."""
+
+
+class MemdumpAuthError(MemdumpError):
+    """HTTP 401: no token or a wrong one."""
+
+
+class MemdumpHTTPError(MemdumpError):
+    """Any other HTTP error status, with the service's ``detail``."""
+
+
+def _detail_of(raw):
+    """The service's ``detail`` from an error body, or the body itself (shortened)."""
+    text = to_text(raw or b'', errors='surrogate_or_replace').strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or None
+    if isinstance(data, dict) and 'detail' in data:
+        detail = data['detail']
+        if isinstance(detail, (list, dict)):  # validation errors come as structures
+            return json.dumps(detail, sort_keys=True)[:1000]
+        return to_text(detail)
+    return text[:500] or None
+
+
+def dumps_of(answer):
+    """The list of dump records of a ``GET /api/dumps`` or ``POST`` answer (a list or ``{"dumps": [...]}``)."""
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, dict):
+        dumps = answer.get('dumps')
+        if isinstance(dumps, list):
+            return dumps
+    raise MemdumpError('unexpected answer from the memdump service (expected a list of dumps): %s'
+                       % to_text(json.dumps(answer))[:300])
+
+
+def marker_of(answer):
+    """The change marker of an answer, or None if the service does not offer waiting for changes."""
+    if isinstance(answer, dict):
+        marker = answer.get('marker')
+        if isinstance(marker, int) and not isinstance(marker, bool):
+            return marker
+    return None
+
+
+class MemdumpClient(object):
+    """Talks JSON to one memdump service. Every method raises a :class:`MemdumpError` subclass."""
+
+    def __init__(self, url=None, token=None, timeout=None, validate_certs=True, ca_path=None):
+        self.url = (url or DEFAULT_URL).rstrip('/')
+        self.token = token or None
+        self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
+        self.validate_certs = validate_certs
+        self.ca_path = ca_path
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _full_url(self, path, query=None):
+        url = self.url + path
+        if query:
+            pairs = []
+            for key, value in query:
+                if value is None:
+                    continue
+                if isinstance(value, bool):
+                    value = 'true' if value else 'false'
+                pairs.append((key, to_native(value)))
+            if pairs:
+                url += '?' + urlencode(pairs)
+        return url
+
+    def request(self, method, path, query=None, body=None, timeout=None, auth=True):
+        """One HTTP request; returns ``(status, parsed JSON or None)``.
+
+        ``query`` is a list of ``(name, value)`` pairs (repeatable names allowed).
+        ``timeout`` overrides the per-request timeout (long-polls add their wait to it).
+        """
+        url = self._full_url(path, query)
+        headers = {'Accept': 'application/json'}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode('utf-8')
+            headers['Content-Type'] = 'application/json'
+        if auth and self.token:
+            headers['Authorization'] = 'Bearer %s' % self.token
+        req = Request(headers=headers, validate_certs=self.validate_certs, ca_path=self.ca_path,
+                      follow_redirects='safe', timeout=timeout or self.timeout)
+        try:
+            resp = req.open(method, url, data=data)
+            try:
+                raw = resp.read()
+                status = resp.getcode()
+            finally:
+                resp.close()
+        except urllib.error.HTTPError as e:
+            try:
+                raw = e.read()
+            except Exception:  # pylint: disable=broad-except
+                raw = b''
+            detail = _detail_of(raw)
+            if e.code == 401:
+                raise MemdumpAuthError(
+                    'the memdump service at %s rejected the request (HTTP 401: %s): set token or MEMDUMP_SERVICE_TOKEN '
+                    'to the service\'s bearer token' % (self.url, detail or 'unauthorized'),
+                    url=url, status=401, detail=detail)
+            raise MemdumpHTTPError(
+                '%s %s failed with HTTP %s: %s' % (method, url, e.code, detail or to_text(e.reason)),
+                url=url, status=e.code, detail=detail, body=raw)
+        except (urllib.error.URLError, UrlsConnectionError, http.client.HTTPException, socket.timeout, OSError) as e:
+            reason = getattr(e, 'reason', None) or e
+            if isinstance(e, SSLValidationError) or isinstance(reason, ssl.SSLCertVerificationError):
+                raise MemdumpTLSError(
+                    'the TLS certificate of the memdump service at %s is not trusted (%s): set ca_path to the CA '
+                    'that signed it (or validate_certs: false on a trusted network)' % (self.url, to_text(reason)), url=url)
+            raise MemdumpConnectionError(
+                'cannot reach the memdump service at %s (%s %s): %s; check url (or MEMDUMP_SERVICE_URL) and that '
+                'the service is running' % (self.url, method, path, to_text(reason)), url=url)
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(to_text(raw, errors='surrogate_or_strict'))
+        except ValueError:
+            raise MemdumpError('%s %s answered HTTP %s with a body that is not JSON: %s'
+                               % (method, url, status, to_text(raw, errors='surrogate_or_replace')[:300]),
+                               url=url, status=status)
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def health(self):
+        """``GET /health``; a 503 answer (libvirt unreachable) is returned, not raised."""
+        try:
+            dummy, data = self.request('GET', '/health', auth=False)
+        except MemdumpHTTPError as e:
+            if e.status == 503 and e.body:
+                try:
+                    data = json.loads(to_text(e.body, errors='surrogate_or_replace'))
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    return data
+            raise
+        return data if isinstance(data, dict) else {}
+
+    def list_dumps(self, vms=None, label=None, state=None, dump_ids=None, wait=None, marker=None):
+        """``GET /api/dumps`` with filters; returns ``(dumps, marker or None, raw answer)``.
+
+        With ``wait`` and ``marker`` the service holds the answer until a dump changes state.
+        """
+        query = [('vm', vm) for vm in (vms or [])]
+        query += [('dump_id', dump_id) for dump_id in (dump_ids or [])]
+        query += [('label', label), ('state', state)]
+        timeout = None
+        if wait and marker is not None:
+            wait = min(float(wait), MAX_SERVER_WAIT)
+            query += [('wait', '%g' % wait), ('marker', marker)]
+            timeout = wait + self.timeout
+        dummy, answer = self.request('GET', '/api/dumps', query=query, timeout=timeout)
+        return dumps_of(answer), marker_of(answer), answer
+
+    def get_dump(self, dump_id):
+        """``GET /api/dumps/{dump_id}``; returns the record."""
+        dummy, answer = self.request('GET', '/api/dumps/%s' % quote(dump_id, safe=''))
+        return answer
+
+    def create_dumps(self, vms, label=None, fmt=None, force=False, request_id=None):
+        """``POST /api/dumps``; returns ``(dumps, marker or None)``."""
+        body = {'vms': list(vms), 'force': bool(force)}
+        if label:
+            body['label'] = label
+        if fmt:
+            body['format'] = fmt
+        if request_id:
+            body['request_id'] = request_id
+        dummy, answer = self.request('POST', '/api/dumps', body=body)
+        return dumps_of(answer), marker_of(answer)

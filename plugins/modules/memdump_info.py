@@ -1,0 +1,239 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) vmforensics maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: memdump_info
+short_description: List the memory dumps on a memdump service and report its health
+version_added: 0.1.0
+description:
+  - Returns the dumps known to the memdump service, all of them or filtered by O(vms), O(dump_ids),
+    O(label) and O(state), newest first, and the service's health (libvirt connection, queue,
+    supported formats and features).
+  - An unreachable service is not a task failure; RV(service.status) is V(unavailable) and
+    RV(service.error) says why. A rejected token (HTTP 401) still fails the task.
+  - Never changes anything; C(changed) is always V(false).
+author:
+  - vmforensics maintainers (@vmforensics)
+extends_documentation_fragment:
+  - vmforensics.memdump.connection
+  - vmforensics.memdump.attributes
+  - vmforensics.memdump.attributes.actiongroup
+attributes:
+  check_mode:
+    support: full
+    details:
+      - This action does not modify state.
+  diff_mode:
+    support: N/A
+    details:
+      - This action does not modify state.
+  idempotent:
+    support: full
+options:
+  vms:
+    description: Only dumps of these VMs.
+    type: list
+    elements: str
+    aliases: [vm_ids]
+  dump_ids:
+    description: Only these dumps.
+    type: list
+    elements: str
+  label:
+    description: Only dumps with this incident label.
+    type: str
+  state:
+    description: Only dumps in this state.
+    type: str
+    choices: [queued, running, completed, failed]
+seealso:
+  - module: vmforensics.memdump.memdump_trigger
+  - module: vmforensics.memdump.memdump_wait
+'''
+
+EXAMPLES = r'''
+- name: Review an incident's dumps
+  hosts: hypervisors
+  gather_facts: false
+  module_defaults:
+    group/vmforensics.memdump.memdump:
+      url: https://{{ inventory_hostname }}:5001
+      token: "{{ memdump_token }}"
+  tasks:
+    - name: Is the service up, and can it reach libvirt?
+      vmforensics.memdump.memdump_info:
+      register: svc
+
+    - name: Stop here when it is not
+      ansible.builtin.assert:
+        that: svc.service.status == 'ok'
+        fail_msg: "memdump service: {{ svc.service.error | default(svc.service.libvirt.error) }}"
+
+    - name: The incident's completed dumps
+      vmforensics.memdump.memdump_info:
+        label: IR-2026-042
+        state: completed
+      register: done
+
+    - name: Show them
+      ansible.builtin.debug:
+        msg: "{{ done.dumps | map(attribute='dump_path') | list }}"
+
+    - name: The dumps of one VM
+      vmforensics.memdump.memdump_info:
+        vms: [web01]
+'''
+
+RETURN = r'''
+dumps:
+  description:
+    - The matching dump records, newest first, with every field the service returns (see the
+      service's API documentation). Empty if the service is unavailable.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - vm: web01
+      dump_id: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+      label: IR-2026-042
+      state: completed
+      format: elf
+      progress: 100.0
+      dump_path: /var/lib/memdump/dumps/IR-2026-042/web01-20261125T225001Z.elf
+      size_bytes: 134480867
+      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+vms:
+  description: VM name to the ids of its matching dumps, newest first.
+  returned: always
+  type: dict
+  sample:
+    web01: [5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b]
+service:
+  description: The service's health, as its C(/health) route reports it, plus RV(service.url).
+  returned: always
+  type: dict
+  contains:
+    status:
+      description:
+        - V(ok), or V(unavailable) when the service can not be reached or can not reach libvirt.
+        - V(unknown) for a service that offers no health route.
+      type: str
+      sample: ok
+    url:
+      description: The service URL that was asked.
+      type: str
+      sample: http://127.0.0.1:5001
+    error:
+      description: Why the service is unavailable.
+      type: str
+      returned: when the service is unreachable or has no health route
+      sample: 'cannot reach the memdump service at http://127.0.0.1:5001 (GET /health): [Errno 111] Connection refused'
+    version:
+      description: The service's version.
+      type: str
+      returned: when the service reports it
+      sample: 0.1.0
+    libvirt:
+      description: The service's libvirt connection (C(uri), C(connected), C(driver), C(version), C(memory_only), C(error)).
+      type: dict
+      returned: when the service reports it
+      sample: {uri: 'qemu:///system', connected: true, driver: QEMU, version: 9.0.0, memory_only: true, error: null}
+    queue:
+      description: Dumps C(queued) and C(running), and C(max_parallel).
+      type: dict
+      returned: when the service reports it
+      sample: {queued: 0, running: 1, max_parallel: 2}
+    formats:
+      description: Dump formats the service accepts.
+      type: list
+      elements: str
+      returned: when the service reports it
+      sample: [elf, kdump-zlib]
+    features:
+      description: Optional API features of the service.
+      type: list
+      elements: str
+      returned: when the service reports it
+      sample: [wait, label, request_id, file, delete]
+    auth:
+      description: Whether the service requires a bearer token.
+      type: bool
+      returned: when the service reports it
+      sample: false
+'''
+
+import traceback
+
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
+    STATES,
+    MemdumpConnectionError,
+    MemdumpError,
+    MemdumpHTTPError,
+    MemdumpTLSError,
+)
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
+
+
+def service_health(client):
+    try:
+        health = dict(client.health())
+    except (MemdumpConnectionError, MemdumpTLSError) as e:
+        return {'status': 'unavailable', 'url': client.url, 'error': e.msg}
+    except MemdumpHTTPError as e:
+        if e.status == 404:  # a service with only the core API
+            return {'status': 'unknown', 'url': client.url, 'error': e.msg}
+        return {'status': 'unavailable', 'url': client.url, 'error': e.msg}
+    health['url'] = client.url
+    health.setdefault('status', 'ok')
+    return health
+
+
+def run(module):
+    params = module.params
+    client = module.client
+    service = service_health(client)
+    dumps = []
+    if service['status'] != 'unavailable' or 'libvirt' in service:
+        # A service that cannot reach libvirt still knows its dumps.
+        try:
+            dumps, dummy, dummy2 = client.list_dumps(vms=params['vms'], label=params['label'], state=params['state'],
+                                                     dump_ids=params['dump_ids'])
+        except MemdumpConnectionError as e:
+            service = {'status': 'unavailable', 'url': client.url, 'error': e.msg}
+        else:
+            if service['status'] == 'unknown':
+                service['status'] = 'ok'
+    # A service with only the core API may ignore some filters: apply them again.
+    checks = [('vm', params['vms']), ('dump_id', params['dump_ids']),
+              ('label', [params['label']] if params['label'] else None),
+              ('state', [params['state']] if params['state'] else None)]
+    for key, allowed in checks:
+        if allowed:
+            dumps = [d for d in dumps if key not in d or d[key] in allowed]
+    vms = {}
+    for record in dumps:
+        vms.setdefault(record.get('vm'), []).append(record.get('dump_id'))
+    module.exit_json(changed=False, dumps=dumps, vms=vms, service=service)
+
+
+def main():
+    argument_spec = generate_argspec(
+        vms=dict(type='list', elements='str', aliases=['vm_ids']),
+        dump_ids=dict(type='list', elements='str'),
+        label=dict(type='str'),
+        state=dict(type='str', choices=list(STATES)),
+    )
+    module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        run(module)
+    except MemdumpError as e:
+        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,296 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) vmforensics maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: memdump_trigger
+short_description: Start memory dumps of libvirt VMs through the memdump service, only where missing
+version_added: 0.1.0
+description:
+  - Asks the memdump service on a libvirt host to dump the memory of one or more virtual machines.
+  - Idempotent per VM, following the service's reuse rules. A VM with a dump in flight
+    (C(queued) or C(running)) gets that dump back, never a second one. With O(label) and without
+    O(force), a VM that already has a C(completed) dump with that label gets it back. Otherwise a new
+    dump is started; a VM whose last dump with the label C(failed) is dumped again.
+  - The task reports C(changed) only if at least one new dump was started.
+  - A POST retried after a dropped connection carries the same C(request_id) (a UUID chosen once per
+    task run), so a retry can not start a second dump.
+  - Returns at once; use M(vmforensics.memdump.memdump_wait) to wait for the dumps to finish.
+  - In check mode no dump is started; the service's current dumps are read and the result predicts
+    C(changed) and which VMs would get a new dump (their RV(dumps[].dump_id) is V(null)).
+author:
+  - vmforensics maintainers (@vmforensics)
+extends_documentation_fragment:
+  - vmforensics.memdump.connection
+  - vmforensics.memdump.attributes
+  - vmforensics.memdump.attributes.actiongroup
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - Idempotent when O(label) is set and O(force=false). Without a label every run whose VMs have no
+        dump in flight starts new dumps.
+options:
+  vms:
+    description:
+      - Names of the libvirt domains to dump, as libvirt knows them on the service's host.
+      - A VM that does not exist is not a task failure here; its dump ends C(failed) with a clear
+        message, which M(vmforensics.memdump.memdump_wait) reports.
+    type: list
+    elements: str
+    required: true
+    aliases: [vm_ids]
+  label:
+    description:
+      - Incident label recorded with the dumps, for example V(IR-2026-042)
+        (1 to 128 characters of C([A-Za-z0-9._:@+-])).
+      - Makes the task idempotent, see the description.
+    type: str
+  format:
+    description:
+      - Format of the dump image.
+      - V(elf) is a memory-only ELF core, readable by Volatility 3 and C(crash).
+      - Which kdump compressions work depends on the QEMU build of the host; V(win-dmp) needs a
+        Windows guest.
+      - If not set, the service's default (V(elf)) is used.
+    type: str
+    choices: [elf, kdump-zlib, kdump-lzo, kdump-snappy, win-dmp]
+  force:
+    description:
+      - Start a new dump even if a C(completed) dump with O(label) exists.
+      - A dump in flight is still reused; the service never runs two dumps of one VM at once.
+    type: bool
+    default: false
+seealso:
+  - module: vmforensics.memdump.memdump_wait
+  - module: vmforensics.memdump.memdump_info
+'''
+
+EXAMPLES = r'''
+- name: Dump the memory of two VMs for an incident and wait until both images are complete
+  hosts: hypervisors
+  gather_facts: false
+  module_defaults:
+    group/vmforensics.memdump.memdump:
+      url: https://{{ inventory_hostname }}:5001
+      token: "{{ memdump_token }}"
+      ca_path: /etc/pki/memdump/ca.pem
+  tasks:
+    - name: Start the dumps (only where IR-2026-042 has none yet)
+      vmforensics.memdump.memdump_trigger:
+        vms:
+          - web01
+          - db01
+        label: IR-2026-042
+      register: trigger
+
+    - name: Wait for them
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        timeout: 1800
+      register: done
+
+    - name: Show where the images are
+      ansible.builtin.debug:
+        msg: "{{ item.vm }}: {{ item.dump_path }} sha256={{ item.sha256 }}"
+      loop: "{{ done.dumps }}"
+
+- name: Take a second, separate dump of one VM for the same incident
+  hosts: hv01
+  gather_facts: false
+  tasks:
+    - name: Force a new dump even though a completed one exists
+      vmforensics.memdump.memdump_trigger:
+        url: http://127.0.0.1:5001
+        vms: [web01]
+        label: IR-2026-042
+        format: kdump-zlib
+        force: true
+'''
+
+RETURN = r'''
+dumps:
+  description:
+    - One dump record per requested VM, in the order of O(vms) (duplicates removed), with every field
+      the service returns (see the service's API documentation) plus RV(dumps[].created).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm:
+      description: The VM name as requested.
+      type: str
+      sample: web01
+    dump_id:
+      description: The service's id of the dump; V(null) in check mode for a dump that would be started.
+      type: str
+      sample: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+    state:
+      description: C(queued), C(running), C(completed) or C(failed); V(null) in check mode for a dump that would be started.
+      type: str
+      sample: queued
+    created:
+      description: Whether this task started the dump (in check mode, whether it would).
+      type: bool
+      sample: true
+    label:
+      description: The incident label.
+      type: str
+      returned: if the service reports it
+      sample: IR-2026-042
+  sample:
+    - vm: web01
+      dump_id: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+      state: queued
+      created: true
+      label: IR-2026-042
+      format: elf
+      progress: 0.0
+      message: queued
+      dump_path: null
+      sha256: null
+dump_ids:
+  description: VM name to dump id, for M(vmforensics.memdump.memdump_wait) or later tasks.
+  returned: always
+  type: dict
+  sample:
+    web01: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+    db01: 0a1b2c3d4e5f40718293a4b5c6d7e8f9
+created:
+  description: Names of the VMs for which a new dump was started (would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [web01]
+request_id:
+  description: The C(request_id) sent with the request that started the dumps; V(null) if nothing was started.
+  returned: always
+  type: str
+  sample: 0d5e6c1a-2f3b-4c5d-8e9f-a0b1c2d3e4f5
+'''
+
+import time
+import traceback
+import uuid
+
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
+    FORMATS,
+    PENDING_STATES,
+    MemdumpConnectionError,
+    MemdumpError,
+)
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
+
+# A POST whose connection dropped is sent again (same request_id) this many times in all.
+POST_ATTEMPTS = 3
+POST_RETRY_DELAY = 1.0
+
+
+def unique(items):
+    seen = set()
+    return [x for x in items if not (x in seen or seen.add(x))]
+
+
+def newest_by_vm(records, vms, predicate):
+    """The newest record per VM (answers are newest first) that satisfies predicate."""
+    found = {}
+    for record in records:
+        vm = record.get('vm')
+        if vm in vms and vm not in found and predicate(record):
+            found[vm] = record
+    return found
+
+
+def plan(client, vms, label, force):
+    """Read the service's state: ``(reused records by VM, VMs that need a new dump, ids known before)``."""
+    current, dummy, dummy2 = client.list_dumps(vms=vms)
+    known = set(r.get('dump_id') for r in current)
+    reused = newest_by_vm(current, vms, lambda r: r.get('state') in PENDING_STATES)
+    if label and not force:
+        missing = [vm for vm in vms if vm not in reused]
+        if missing:
+            done, dummy, dummy2 = client.list_dumps(vms=missing, label=label, state='completed')
+            known.update(r.get('dump_id') for r in done)
+            # A service with only the core API keeps no labels: its dumps never match, so they are
+            # dumped again rather than mistaken for this incident's evidence.
+            reused.update(newest_by_vm(
+                done, missing, lambda r: r.get('state') == 'completed' and r.get('label') == label))
+    return reused, [vm for vm in vms if vm not in reused], known
+
+
+def post_with_retry(client, vms, label, fmt, force, request_id, sleep=time.sleep):
+    for attempt in range(1, POST_ATTEMPTS + 1):
+        try:
+            return client.create_dumps(vms, label=label, fmt=fmt, force=force, request_id=request_id)
+        except MemdumpConnectionError:
+            if attempt == POST_ATTEMPTS:
+                raise
+            sleep(POST_RETRY_DELAY * attempt)
+    raise AssertionError('unreachable')  # pragma: no cover
+
+
+def run(module):
+    params = module.params
+    client = module.client
+    vms = unique(params['vms'])
+    label, fmt, force = params['label'], params['format'], params['force']
+    if not vms:
+        module.fail_json(msg='vms must name at least one VM')
+
+    reused, need, known = plan(client, vms, label, force)
+    records = {}
+    for vm, record in reused.items():
+        records[vm] = dict(record, created=False)
+    request_id = None
+    if need:
+        if module.check_mode:
+            for vm in need:
+                records[vm] = {'vm': vm, 'dump_id': None, 'state': None, 'label': label, 'format': fmt, 'created': True}
+        else:
+            request_id = str(uuid.uuid4())
+            created, dummy = post_with_retry(client, need, label, fmt, force, request_id)
+            by_vm = dict((r.get('vm'), r) for r in created)
+            for vm in need:
+                record = by_vm.get(vm)
+                if record is None:
+                    module.fail_json(msg='the memdump service at %s did not return a dump for VM %s (request_id %s)'
+                                     % (client.url, vm, request_id), dumps=created)
+                if 'created' not in record:  # a service with only the core API does not say
+                    record = dict(record, created=record.get('dump_id') not in known)
+                records[vm] = record
+
+    dumps = [records[vm] for vm in vms]
+    created_vms = [r['vm'] for r in dumps if r.get('created')]
+    module.exit_json(
+        changed=bool(created_vms),
+        dumps=dumps,
+        dump_ids=dict((r['vm'], r.get('dump_id')) for r in dumps),
+        created=created_vms,
+        request_id=request_id,
+    )
+
+
+def main():
+    argument_spec = generate_argspec(
+        vms=dict(type='list', elements='str', required=True, aliases=['vm_ids']),
+        label=dict(type='str'),
+        format=dict(type='str', choices=list(FORMATS)),
+        force=dict(type='bool', default=False),
+    )
+    module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        run(module)
+    except MemdumpError as e:
+        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+
+
+if __name__ == '__main__':
+    main()

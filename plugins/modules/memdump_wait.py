@@ -1,0 +1,404 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) vmforensics maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: memdump_wait
+short_description: Wait until memory dumps on the memdump service are completed or failed
+version_added: 0.1.0
+description:
+  - Waits until every named dump is C(completed) or C(failed), and returns their final records
+    (path, size, SHA-256, timings).
+  - Name the dumps with O(dumps) (what M(vmforensics.memdump.memdump_trigger) registered) or with
+    O(vms) and O(label) (the newest dump of each VM with that label).
+  - Against a service that offers waiting for changes, one request is held by the service until a
+    dump changes state, so completion is noticed within milliseconds. Against a service with only
+    the core API it polls every O(poll_interval) seconds.
+  - Connection errors during the wait (the service restarts, the network drops) are retried until
+    the deadline.
+  - Fails when O(timeout) passes, naming every VM still pending with its state and progress, and
+    when a dump failed, naming each VM and the service's reason, unless O(allow_failed=true).
+  - Never changes anything; C(changed) is always V(false).
+  - In check mode, returns the current state at once without waiting and without failing for
+    dumps still pending (a dump that already failed still fails the task unless O(allow_failed)).
+    Dumps that memdump_trigger would start in check mode have no id yet and are reported as pending.
+author:
+  - vmforensics maintainers (@vmforensics)
+extends_documentation_fragment:
+  - vmforensics.memdump.connection
+  - vmforensics.memdump.connection.wait
+  - vmforensics.memdump.attributes
+  - vmforensics.memdump.attributes.actiongroup
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+notes:
+  - In this module O(timeout) is the deadline of the whole wait, as in C(ansible.builtin.wait_for).
+    The per-request timeout that the other modules of the collection call O(timeout) is
+    O(request_timeout) here (environment variable E(MEMDUMP_SERVICE_TIMEOUT)). Every module accepts
+    O(request_timeout), so set that name in C(module_defaults) for C(group/vmforensics.memdump.memdump);
+    a group default C(timeout) would become this module's deadline.
+options:
+  dumps:
+    description:
+      - The dumps to wait for. Accepts the RV(vmforensics.memdump.memdump_trigger#module:dumps) list
+        (records with C(dump_id) and C(vm)), the RV(vmforensics.memdump.memdump_trigger#module:dump_ids)
+        dict (VM name to dump id), a list of dump ids, or the whole registered result of
+        M(vmforensics.memdump.memdump_trigger).
+      - Mutually exclusive with O(vms).
+    type: raw
+  vms:
+    description:
+      - Wait for the newest dump of each of these VMs (with O(label), the newest with that label).
+      - Fails if a VM has no such dump.
+    type: list
+    elements: str
+    aliases: [vm_ids]
+  label:
+    description:
+      - With O(vms), only dumps with this label count. Without O(vms), wait for the newest dump of
+        every VM that has a dump with this label.
+      - Mutually exclusive with O(dumps).
+    type: str
+  timeout:
+    description:
+      - Deadline in seconds for the whole wait.
+      - This is not the per-request timeout of the connection options, see O(request_timeout).
+    type: float
+    default: 3600
+    aliases: [wait_timeout]
+  poll_interval:
+    description:
+      - Seconds between two requests, used only when the service does not support waiting for
+        changes (a service with only the core API), and between retries after a connection error.
+    type: float
+    default: 5
+  allow_failed:
+    description:
+      - Do not fail the task when a dump failed; the VM is listed in RV(failed_vms).
+    type: bool
+    default: false
+seealso:
+  - module: vmforensics.memdump.memdump_trigger
+  - module: vmforensics.memdump.memdump_info
+'''
+
+EXAMPLES = r'''
+- name: Dump and wait, with the connection set once for the whole group
+  hosts: hypervisors
+  gather_facts: false
+  module_defaults:
+    group/vmforensics.memdump.memdump:
+      url: https://{{ inventory_hostname }}:5001
+      token: "{{ memdump_token }}"
+      request_timeout: 20
+  tasks:
+    - name: Start the dumps
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01, db01]
+        label: IR-2026-042
+      register: trigger
+
+    - name: Wait up to 30 minutes for both
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        timeout: 1800
+      register: done
+
+    - name: Record the hashes
+      ansible.builtin.copy:
+        dest: /var/lib/ir/IR-2026-042-hashes.txt
+        content: |
+          {% for d in done.dumps %}
+          {{ d.sha256 }}  {{ d.dump_path }}
+          {% endfor %}
+        mode: '0600'
+      delegate_to: localhost
+
+- name: In a later play, wait for the incident's dumps by VM and label, tolerating failures
+  hosts: hv01
+  gather_facts: false
+  tasks:
+    - name: Wait by VM and label
+      vmforensics.memdump.memdump_wait:
+        url: http://127.0.0.1:5001
+        vms: [web01, db01, app01]
+        label: IR-2026-042
+        allow_failed: true
+      register: done
+
+    - name: Report what failed
+      ansible.builtin.debug:
+        msg: "No dump of {{ done.failed_vms | join(', ') }}"
+      when: done.failed_vms | length > 0
+'''
+
+RETURN = r'''
+dumps:
+  description:
+    - The final record of every dump, in the order they were named, with every field the service
+      returns (see the service's API documentation).
+    - On a timeout (failed task) the last known records.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm:
+      description: The VM name.
+      type: str
+      sample: web01
+    dump_id:
+      description: The service's id of the dump.
+      type: str
+      sample: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+    state:
+      description: C(completed) or C(failed) (in check mode or on a timeout also C(queued) or C(running)).
+      type: str
+      sample: completed
+    dump_path:
+      description: Absolute path of the image on the service's host; V(null) unless completed.
+      type: str
+      sample: /var/lib/memdump/dumps/IR-2026-042/web01-20261125T225001Z.elf
+    size_bytes:
+      description: Size of the image in bytes.
+      type: int
+      sample: 134480867
+    sha256:
+      description: Hex SHA-256 of the image.
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    started_at:
+      description: When the dump started (ISO 8601 UTC).
+      type: str
+      sample: '2026-11-25T22:50:01.123456Z'
+    finished_at:
+      description: When the dump completed or failed (ISO 8601 UTC).
+      type: str
+      sample: '2026-11-25T22:50:01.453456Z'
+    duration_sec:
+      description: Seconds from start to finish.
+      type: float
+      sample: 0.33
+    message:
+      description: The service's status message, or the reason of a failure.
+      type: str
+      sample: completed
+  sample:
+    - vm: web01
+      dump_id: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+      state: completed
+      label: IR-2026-042
+      dump_path: /var/lib/memdump/dumps/IR-2026-042/web01-20261125T225001Z.elf
+      size_bytes: 134480867
+      sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      started_at: '2026-11-25T22:50:01.123456Z'
+      finished_at: '2026-11-25T22:50:01.453456Z'
+      duration_sec: 0.33
+      message: completed
+dump_ids:
+  description: VM name to dump id.
+  returned: always
+  type: dict
+  sample:
+    web01: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+completed:
+  description: Names of the VMs whose dump completed.
+  returned: always
+  type: list
+  elements: str
+  sample: [web01]
+failed_vms:
+  description:
+    - Names of the VMs whose dump failed.
+    - Not called C(failed), because Ansible reads a true C(failed) key as a failed task.
+  returned: always
+  type: list
+  elements: str
+  sample: [db01]
+pending:
+  description: Names of the VMs whose dump is not finished (check mode, or a timeout).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+elapsed:
+  description: Seconds spent waiting.
+  returned: always
+  type: float
+  sample: 0.41
+'''
+
+import traceback
+
+from ansible.module_utils.common.text.converters import to_text
+
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import MemdumpError
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, wait_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._wait import DumpWaiter, WaitTimeout
+
+
+class Target(object):
+    """One dump to wait for: its id (None if memdump_trigger only predicted it) and VM name."""
+
+    def __init__(self, dump_id, vm=None):
+        self.dump_id = dump_id
+        self.vm = vm
+
+    @property
+    def name(self):
+        return self.vm or self.dump_id
+
+
+def targets_from_dumps(module, value):
+    """Normalize O(dumps): trigger's records, a VM->id dict, a list of ids or the whole registered result."""
+    if isinstance(value, dict) and isinstance(value.get('dumps'), list):
+        value = value['dumps']
+    if isinstance(value, dict):
+        return [Target(to_text(dump_id) if dump_id else None, to_text(vm)) for vm, dump_id in value.items()]
+    if isinstance(value, (str, bytes)):
+        value = [value]
+    if not isinstance(value, list):
+        module.fail_json(msg='dumps must be a list of dump records, a list of dump ids or a dict of VM name to '
+                             'dump id, not %s' % type(value).__name__)
+    targets = []
+    for item in value:
+        if isinstance(item, dict):
+            if 'dump_id' not in item:
+                module.fail_json(msg='dumps: a record without dump_id: %s' % item)
+            targets.append(Target(to_text(item['dump_id']) if item['dump_id'] else None,
+                                  to_text(item['vm']) if item.get('vm') else None))
+        elif isinstance(item, (str, bytes)) and item:
+            targets.append(Target(to_text(item)))
+        else:
+            module.fail_json(msg='dumps: %r is neither a dump record nor a dump id' % (item,))
+    return targets
+
+
+def targets_from_vms(module, client, vms, label):
+    records, dummy, dummy2 = client.list_dumps(vms=vms, label=label)
+    newest = {}
+    for record in records:  # newest first
+        if label and record.get('label', label) != label:
+            continue
+        newest.setdefault(record.get('vm'), record)
+    if vms is None:
+        vms = sorted(newest)
+        if not vms:
+            module.fail_json(msg='no dump with label %s on the memdump service at %s' % (label, client.url))
+    missing = [vm for vm in vms if vm not in newest]
+    if missing:
+        module.fail_json(msg='no dump%s of VM(s) %s on the memdump service at %s; start one with '
+                             'vmforensics.memdump.memdump_trigger' % (' with label %s' % label if label else '',
+                                                                      ', '.join(missing), client.url))
+    return [Target(newest[vm]['dump_id'], vm) for vm in vms]
+
+
+def summarize(targets, records):
+    dumps, completed, failed, pending = [], [], [], []
+    for target in targets:
+        record = records.get(target.dump_id) if target.dump_id else None
+        if record is None:
+            record = {'vm': target.vm, 'dump_id': target.dump_id, 'state': None,
+                      'message': 'not started yet (memdump_trigger ran in check mode)' if not target.dump_id else 'unknown'}
+        name = record.get('vm') or target.name
+        dumps.append(record)
+        state = record.get('state')
+        if state == 'completed':
+            completed.append(name)
+        elif state == 'failed':
+            failed.append(name)
+        else:
+            pending.append(name)
+    return dumps, completed, failed, pending
+
+
+def run(module):
+    params = module.params
+    client = module.client
+    if params['dumps'] is not None:
+        targets = targets_from_dumps(module, params['dumps'])
+    else:
+        targets = targets_from_vms(module, client, params['vms'], params['label'])
+    if not targets:
+        module.exit_json(changed=False, dumps=[], dump_ids={}, completed=[], failed_vms=[], pending=[], elapsed=0.0)
+
+    ids = []
+    for target in targets:
+        if target.dump_id and target.dump_id not in ids:
+            ids.append(target.dump_id)
+    if not module.check_mode:
+        unknown = [t.name for t in targets if not t.dump_id]
+        if unknown:
+            module.fail_json(msg='no dump id for %s: pass the dumps registered by memdump_trigger outside check mode'
+                                 % ', '.join(unknown))
+
+    def fetch(dump_ids, wait, marker):
+        records, new_marker, dummy = client.list_dumps(dump_ids=dump_ids, wait=wait, marker=marker)
+        wanted = set(dump_ids)
+        return [r for r in records if r.get('dump_id') in wanted], new_marker
+
+    waiter = DumpWaiter(fetch, params['timeout'], params['poll_interval'])
+
+    def reject_unknown(found):
+        known = set(r.get('dump_id') for r in found)
+        unknown = [t for t in targets if t.dump_id and t.dump_id not in known]
+        if unknown:
+            module.fail_json(msg='dump(s) not known to the memdump service at %s: %s' % (
+                client.url, ', '.join('%s%s' % (t.dump_id, ' (VM %s)' % t.vm if t.vm else '') for t in unknown)))
+
+    records, elapsed = {}, 0.0
+    if ids and module.check_mode:
+        found = waiter.current(ids)
+        reject_unknown(found)
+        records = dict((r['dump_id'], r) for r in found)
+    elif ids:
+        try:
+            records, elapsed = waiter.wait(ids, url=client.url, on_first=reject_unknown)
+        except WaitTimeout as e:
+            dumps, completed, failed, pending = summarize(targets, e.records)
+            module.fail_json(msg=e.msg, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets),
+                             completed=completed, failed_vms=failed, pending=pending, elapsed=round(e.elapsed, 3))
+
+    dumps, completed, failed, pending = summarize(targets, records)
+    result = dict(changed=False, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets),
+                  completed=completed, failed_vms=failed, pending=pending, elapsed=round(elapsed, 3))
+    if failed and not params['allow_failed']:
+        reasons = ['%s (dump %s): %s' % (r.get('vm') or r.get('dump_id'), r.get('dump_id'), r.get('message') or 'no reason given')
+                   for r in dumps if r.get('state') == 'failed']
+        module.fail_json(msg='%d of %d dump(s) failed on the memdump service at %s: %s' % (
+            len(failed), len(dumps), client.url, '; '.join(reasons)), **result)
+    module.exit_json(**result)
+
+
+def main():
+    argument_spec = wait_argspec(
+        dumps=dict(type='raw'),
+        vms=dict(type='list', elements='str', aliases=['vm_ids']),
+        label=dict(type='str'),
+        timeout=dict(type='float', default=3600, aliases=['wait_timeout']),
+        poll_interval=dict(type='float', default=5),
+        allow_failed=dict(type='bool', default=False),
+    )
+    module = MemdumpModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=[('dumps', 'vms'), ('dumps', 'label')],
+        required_one_of=[('dumps', 'vms', 'label')],
+        supports_check_mode=True,
+    )
+    module.request_timeout_option = 'request_timeout'
+    try:
+        run(module)
+    except MemdumpError as e:
+        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,243 @@
+"""memdump_trigger, memdump_wait and memdump_info through real ansible-playbook against the real service.
+
+The task files are ansible-test style targets in tests/integration/targets/<module>/tasks/main.yml;
+this driver starts services with the ``memdump_service`` fixture and includes the targets in a play,
+passing the service URL as ``memdump_url``. Real QEMU guests for the image/sha256 flow, libvirt's
+test driver where speed matters.
+"""
+import hashlib
+import os
+import uuid
+
+TARGETS = os.path.join(os.path.dirname(__file__), 'targets')
+
+
+def label(prefix='IT'):
+    return '%s-%s' % (prefix, uuid.uuid4().hex[:12])
+
+
+def targets_play(*names):
+    tasks = ''.join(
+        '    - name: Target %s\n      ansible.builtin.include_tasks: %s\n' % (name, os.path.join(TARGETS, name, 'tasks', 'main.yml'))
+        for name in names)
+    return '- name: Module targets\n  hosts: localhost\n  gather_facts: false\n  tasks:\n' + tasks
+
+
+def play(tasks_yaml, defaults=None):
+    """A play around task YAML (indented 4 spaces), with module_defaults for the memdump group."""
+    text = '- name: Test play\n  hosts: localhost\n  gather_facts: false\n'
+    if defaults is not False:
+        text += '  module_defaults:\n    group/vmforensics.memdump.memdump:\n      url: "{{ memdump_url }}"\n'
+        for key, value in (defaults or {}).items():
+            text += '      %s: %s\n' % (key, value)
+    return text + '  tasks:\n' + tasks_yaml
+
+
+def assert_ok(result):
+    assert result.rc == 0, 'playbook failed (rc %s):\n%s\n%s' % (result.rc, result.stdout[-6000:], result.stderr[-3000:])
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_targets_on_qemu(memdump_service, run_playbook):
+    """check mode -> real run -> same label not changed; wait to completion; sha256 matches the files; info views."""
+    svc = memdump_service()
+    vms = [os.environ['MEMDUMP_TEST_VM'], os.environ['MEMDUMP_TEST_VM2']]
+    first, second = label(), label()
+    result = run_playbook(targets_play('memdump_trigger'),
+                          extra_vars={'memdump_url': svc.url, 'memdump_vms': vms, 'memdump_label': first})
+    assert_ok(result)
+    result = run_playbook(targets_play('memdump_wait', 'memdump_info'),
+                          extra_vars={'memdump_url': svc.url, 'memdump_vms': vms, 'memdump_label': second})
+    assert_ok(result)
+    # The re-run created nothing: one dump per VM and label on the service.
+    status, answer = svc.api('GET', '/api/dumps?label=%s' % first)
+    assert status == 200 and sorted(d['vm'] for d in answer['dumps']) == sorted(vms)
+    waited = result.task_results('Wait until they are done')
+    assert waited['completed'] == vms
+    for record in waited['dumps']:
+        assert record['dump_path'].startswith(svc.dump_dir)
+        assert os.path.getsize(record['dump_path']) == record['size_bytes']
+        assert sha256_of(record['dump_path']) == record['sha256']
+        with open(record['dump_path'], 'rb') as f:
+            assert f.read(4) == b'\x7fELF'
+
+
+def test_wait_timeout_names_pending_vm(memdump_service, run_playbook):
+    """A 2 GiB guest dumps for seconds: a 0.5 s wait fails naming it with its state and progress."""
+    svc = memdump_service()
+    large = os.environ['MEMDUMP_TEST_VM_LARGE']
+    result = run_playbook(play('''
+    - name: Trigger the large guest
+      vmforensics.memdump.memdump_trigger:
+        vms: ["{{ vm }}"]
+        label: "{{ lbl }}"
+      register: trigger
+    - name: Wait too briefly
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        timeout: 0.5
+      ignore_errors: true
+    - name: Wait for real
+      vmforensics.memdump.memdump_wait:
+        vms: ["{{ vm }}"]
+        label: "{{ lbl }}"
+        timeout: 300
+'''), extra_vars={'memdump_url': svc.url, 'vm': large, 'lbl': label()})
+    assert_ok(result)
+    short = result.task_results('Wait too briefly')
+    assert short['failed'] and 'timed out' in short['msg'], short
+    assert large in short['msg'] and svc.url in short['msg']
+    assert ('queued' in short['msg'] or 'running' in short['msg']) and '%' in short['msg']
+    assert short['pending'] == [large] and short['completed'] == []
+    assert result.task_results('Wait for real')['completed'] == [large]
+
+
+def test_unknown_vm_fails_wait_naming_it(memdump_service, run_playbook, test_driver_uri):
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01']))
+    result = run_playbook(play('''
+    - name: Trigger a known and an unknown VM
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01, no-such-vm-4242]
+      register: trigger
+    - name: Wait
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        timeout: 60
+      ignore_errors: true
+    - name: Wait allowing failures
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dump_ids }}"
+        allow_failed: true
+'''), extra_vars={'memdump_url': svc.url})
+    assert_ok(result)
+    failed = result.task_results('Wait')
+    assert failed['failed'] and 'no-such-vm-4242' in failed['msg'] and 'web01' not in failed['msg'].split(':', 1)[1]
+    assert failed['failed_vms'] == ['no-such-vm-4242'] and failed['completed'] == ['web01']
+    allowed = result.task_results('Wait allowing failures')
+    assert not allowed.get('failed') and allowed['failed_vms'] == ['no-such-vm-4242']
+
+
+def test_stopped_service_message_names_url(memdump_service, run_playbook, test_driver_uri):
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01']))
+    svc.stop()
+    result = run_playbook(play('''
+    - name: Trigger
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+      ignore_errors: true
+    - name: Wait
+      vmforensics.memdump.memdump_wait:
+        dumps: ["0123456789abcdef0123456789abcdef"]
+        timeout: 1
+        poll_interval: 0.2
+      ignore_errors: true
+    - name: Info
+      vmforensics.memdump.memdump_info:
+      register: info
+'''), extra_vars={'memdump_url': svc.url})
+    assert_ok(result)
+    for task in ('Trigger', 'Wait'):
+        res = result.task_results(task)
+        assert res['failed'] and svc.url in res['msg'], res
+    assert 'cannot reach the memdump service' in result.task_results('Trigger')['msg']
+    info = result.task_results('Info')
+    assert info['service']['status'] == 'unavailable' and svc.url in info['service']['error']
+
+
+def test_token(memdump_service, run_playbook, test_driver_uri):
+    token = 'tok-%s' % uuid.uuid4().hex
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01']), token=token)
+    tasks = '''
+    - name: Trigger
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+        label: "{{ lbl }}"
+      register: trigger
+    - name: Wait
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        timeout: 60
+        allow_failed: true
+'''
+    lbl = label()
+    rejected = run_playbook(play(tasks), extra_vars={'memdump_url': svc.url, 'lbl': lbl})
+    assert rejected.rc != 0
+    res = rejected.task_results('Trigger')
+    assert res['failed'] and 'set token or MEMDUMP_SERVICE_TOKEN' in res['msg'] and '401' in res['msg']
+    accepted = run_playbook(play(tasks, defaults={'token': '"{{ tok }}"'}),
+                            extra_vars={'memdump_url': svc.url, 'lbl': lbl, 'tok': token})
+    assert_ok(accepted)
+    waited = accepted.task_results('Wait')
+    assert waited['completed'] + waited['failed_vms'] == ['web01']
+    # The environment variable works too, and the token never shows in the output.
+    by_env = run_playbook(play(tasks), extra_vars={'memdump_url': svc.url, 'lbl': lbl},
+                          env={'MEMDUMP_SERVICE_TOKEN': token})
+    assert_ok(by_env)
+    assert by_env.task_results('Trigger')['changed'] is False
+    for out in (accepted.stdout, by_env.stdout):
+        assert token not in out
+
+
+def test_core_api_only_service_polls(memdump_service, run_playbook):
+    """Answers without created/marker: trigger infers changed, wait falls back to interval polling."""
+    svc, vm = memdump_service(extra_args=['--core-api-only']), os.environ['MEMDUMP_TEST_VM']
+    result = run_playbook(play('''
+    - name: Trigger
+      vmforensics.memdump.memdump_trigger:
+        vms: ["{{ vm }}"]
+      register: trigger
+    - name: Trigger again while in flight
+      vmforensics.memdump.memdump_trigger:
+        vms: ["{{ vm }}"]
+      register: again
+    - name: Wait
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        poll_interval: 0.3
+        timeout: 120
+      register: waited
+    - name: Info
+      vmforensics.memdump.memdump_info:
+      register: info
+'''), extra_vars={'memdump_url': svc.url, 'vm': vm})
+    assert_ok(result)
+    trigger = result.task_results('Trigger')
+    assert trigger['changed'] is True and trigger['dumps'][0]['created'] is True
+    waited = result.task_results('Wait')
+    assert waited['completed'] == [vm] and waited['dumps'][0]['sha256']
+    assert sha256_of(waited['dumps'][0]['dump_path']) == waited['dumps'][0]['sha256']
+    info = result.task_results('Info')
+    assert info['service']['status'] == 'ok' and len(info['dumps']) >= 1
+    log = svc.read_log()
+    assert 'wait=' not in log and 'marker=' not in log  # it never asked the service to hold a request
+
+
+def test_tls_ca_path_and_validate_certs(memdump_service, run_playbook, test_driver_uri, self_signed_cert):
+    cert, key = self_signed_cert
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01']), extra_args=['--tls-cert', cert, '--tls-key', key])
+    assert svc.url.startswith('https://')
+    result = run_playbook(play('''
+    - name: Untrusted certificate
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+      ignore_errors: true
+    - name: Trusted through ca_path
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+        ca_path: "{{ ca }}"
+    - name: Info without validation
+      vmforensics.memdump.memdump_info:
+        validate_certs: false
+'''), extra_vars={'memdump_url': svc.url, 'ca': cert})
+    assert_ok(result)
+    untrusted = result.task_results('Untrusted certificate')
+    assert untrusted['failed'] and svc.url in untrusted['msg'] and 'set ca_path' in untrusted['msg'], untrusted
+    assert result.task_results('Trusted through ca_path')['changed'] is True
+    assert result.task_results('Info without validation')['service']['status'] == 'ok'
