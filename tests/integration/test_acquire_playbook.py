@@ -1,0 +1,121 @@
+"""`ansible-playbook vmforensics.memdump.acquire` against the real service and the stack's QEMU guests.
+
+Run twice with the same label: the second run changes nothing, dumps nothing and downloads nothing;
+the custody manifest's hashes match the collected images. A VM whose dump failed is retried.
+"""
+import hashlib
+import json
+import os
+import urllib.parse
+import urllib.request
+
+from conftest import stack_env
+
+LABEL = 'IR-INTEG-ACQUIRE-1'
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def acquire(run_playbook, svc, evidence, vms, label=LABEL, env=None, **extra):
+    extra_vars = {'memdump_hosts': 'localhost', 'label': label, 'vms': vms, 'collect': True,
+                  'evidence_dir': str(evidence), 'timeout': 300}
+    extra_vars.update(extra)
+    # Connection from the environment, as an AWX credential injects it.
+    run_env = {'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token}
+    run_env.update(env or {})
+    return run_playbook('vmforensics.memdump.acquire', extra_vars=extra_vars, env=run_env)
+
+
+def influx_env(tmp_path, database):
+    url = stack_env('MEMDUMP_TEST_INFLUXDB_URL')
+    data = urllib.parse.urlencode({'q': 'CREATE DATABASE %s' % database}).encode()
+    with urllib.request.urlopen(url + '/query', data=data, timeout=10):
+        pass
+    return {'ANSIBLE_CALLBACKS_ENABLED': 'vmforensics.memdump.influxdb', 'MEMDUMP_INFLUXDB_URL': url,
+            'MEMDUMP_INFLUXDB_DATABASE': database, 'MEMDUMP_INFLUXDB_SPOOL_DIR': str(tmp_path / 'spool')}
+
+
+def manifest(evidence, label=LABEL):
+    with open(os.path.join(str(evidence), label, 'manifest.json')) as f:
+        return json.load(f)
+
+
+def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service, run_playbook, tmp_path):
+    vms = [stack_env('MEMDUMP_TEST_VM'), stack_env('MEMDUMP_TEST_VM2')]
+    svc = memdump_service(token='integ-acquire-token')
+    evidence = tmp_path / 'evidence'
+
+    influx = influx_env(tmp_path, 'memdump_integ_acquire')
+    first = acquire(run_playbook, svc, evidence, ','.join(vms), env=influx)
+    assert first.rc == 0, first.stdout + first.stderr
+    assert first.stats['localhost']['changed'] > 0
+
+    data = manifest(evidence)
+    assert data['label'] == LABEL
+    assert sorted(e['vm'] for e in data['entries']) == sorted(vms)
+    files = {}
+    for entry in data['entries']:
+        path = os.path.join(str(evidence), LABEL, entry['evidence_file'])
+        assert sha256(path) == entry['sha256']
+        assert os.path.getsize(path) == entry['size_bytes']
+        assert entry['host'] == 'localhost' and entry['vm_uuid'] and entry['format'] == 'elf'
+        assert entry['operator'] and entry['collection_version'] == '0.1.0'
+        assert entry['started_at'] and entry['finished_at'] and entry['paused_sec'] is not None
+        st = os.stat(path)
+        files[path] = (st.st_ino, st.st_mtime_ns)
+    status, listing = svc.api('GET', '/api/dumps?label=' + LABEL)
+    assert status == 200 and len(listing['dumps']) == 2
+    manifest_before = (evidence / LABEL / 'manifest.json').read_bytes()
+
+    second = acquire(run_playbook, svc, evidence, ','.join(vms))
+    assert second.rc == 0, second.stdout + second.stderr
+    assert second.stats['localhost']['changed'] == 0, second.stdout
+    assert second.stats['localhost']['failures'] == 0
+    # No new dump on the service, no file downloaded again, the manifest byte for byte the same.
+    status, listing = svc.api('GET', '/api/dumps?label=' + LABEL)
+    assert status == 200 and len(listing['dumps']) == 2
+    for path, ident in files.items():
+        st = os.stat(path)
+        assert (st.st_ino, st.st_mtime_ns) == ident, path
+    assert (evidence / LABEL / 'manifest.json').read_bytes() == manifest_before
+
+    # The status and report playbooks show this incident.
+    status = run_playbook('vmforensics.memdump.status', extra_vars={'memdump_hosts': 'localhost', 'label': LABEL},
+                          env={'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token})
+    assert status.rc == 0, status.stdout + status.stderr
+    shown = status.task_results('Show the dumps per state')['msg']
+    assert shown['completed'] == 2 and shown['queued'] == [] and shown['running'] == []
+    report = run_playbook('vmforensics.memdump.report', extra_vars={'label': LABEL}, env=influx)
+    assert report.rc == 0, report.stdout + report.stderr
+    records = report.task_results('Read the records from InfluxDB')['records']
+    assert sorted({r['vm'] for r in records}) == sorted(vms)
+
+
+def test_failed_vm_is_retried_and_recorded_once(memdump_service, run_playbook, tmp_path):
+    vm = stack_env('MEMDUMP_TEST_VM')
+    svc = memdump_service(token='integ-acquire-token')
+    evidence = tmp_path / 'evidence'
+    label = 'IR-INTEG-ACQUIRE-RETRY'
+
+    first = acquire(run_playbook, svc, evidence, [vm, 'memdump-no-such-vm'], label=label)
+    assert first.rc != 0
+    assert 'memdump-no-such-vm' in first.stdout
+    data = manifest(evidence, label)
+    assert [e['vm'] for e in data['entries']] == [vm]
+
+    second = acquire(run_playbook, svc, evidence, [vm, 'memdump-no-such-vm'], label=label)
+    assert second.rc != 0
+    status, listing = svc.api('GET', '/api/dumps?label=' + label)
+    assert status == 200
+    by_vm = {}
+    for d in listing['dumps']:
+        by_vm.setdefault(d['vm'], []).append(d)
+    assert len(by_vm[vm]) == 1                      # the completed dump was reused
+    assert len(by_vm['memdump-no-such-vm']) == 2    # the failed one was tried again
+    assert [e['vm'] for e in manifest(evidence, label)['entries']] == [vm]
