@@ -119,21 +119,26 @@ class MemdumpService:
 
     def api(self, method, path, body=None, token=None):
         """A plain HTTP call for assertions: returns (status, parsed JSON or raw bytes)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header('Content-Type', 'application/json')
-        if token or self.token:
-            req.add_header('Authorization', 'Bearer ' + (token or self.token))
-        try:
-            with urllib.request.urlopen(req, timeout=60, context=self.ssl_context) as resp:
-                raw, status = resp.read(), resp.status
-        except urllib.error.HTTPError as e:
-            raw, status = e.read(), e.code
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw
+        return http_json(self.url, method, path, body, token or self.token, context=self.ssl_context)
+
+
+def http_json(url, method, path, body=None, token=None, timeout=60, context=None):
+    """One HTTP call to a memdump service: returns (status, parsed JSON or raw bytes)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method)
+    if data is not None:
+        req.add_header('Content-Type', 'application/json')
+    if token:
+        req.add_header('Authorization', 'Bearer ' + token)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
 
 
 @pytest.fixture

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmarks of issue 7, written to docs/performance.md.
+#
+#   bash bench/run.sh            every figure (P1..P6), ~12 minutes
+#   bash bench/run.sh P3 P6      some figures; docs/performance.md keeps the others' last results
+#
+# Uses the stack of tests/stack/stack.sh: a running one (its env file) or, when none runs, its own
+# (`install` + `up`, and `down` at the end). Adds the bench guests with `stack.sh bench-up` and
+# removes them with `bench-down`, also on failure. Each figure runs under a time limit.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${MEMDUMP_VENV:-$repo/.venv}
+stack=$repo/tests/stack/stack.sh
+stack_dir=${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}
+results=$repo/bench/results
+limit=${MEMDUMP_BENCH_FIGURE_TIMEOUT:-600}
+export PATH="$venv/bin:$PATH" MEMDUMP_REPO="$repo" MEMDUMP_BENCH_RESULTS="$results" PYTHONDONTWRITEBYTECODE=1
+
+declare -A scripts=([P1]=p1_latency.py [P2]=p2_requests.py [P3]=p3_throughput.py [P4]=p4_callback.py
+                    [P5]=p5_rerun.py [P6]=p6_status_load.py)
+figures=("$@")
+[ ${#figures[@]} -gt 0 ] || figures=(P1 P2 P3 P4 P5 P6)
+for f in "${figures[@]}"; do
+  [ -n "${scripts[$f]:-}" ] || { echo "unknown figure $f (P1..P6)" >&2; exit 2; }
+done
+
+log() { printf '\n=== %s\n' "$*" >&2; }
+
+stack_running() {
+  [ -f "$stack_dir/env" ] || return 1
+  # shellcheck disable=SC1091
+  (. "$stack_dir/env" && [ -n "${MEMDUMP_TEST_LIBVIRT_URI:-}" ] && curl -fsS "$MEMDUMP_TEST_INFLUXDB_URL/ping" >/dev/null 2>&1 \
+    && virsh -c qemu:///system version >/dev/null 2>&1)
+}
+
+own_stack=0
+sampler=
+cleanup() {
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+  bash "$stack" bench-down || true
+  if [ "$own_stack" = 1 ]; then bash "$stack" down || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! stack_running; then
+  log "no running stack: starting one (stack.sh install + up)"
+  bash "$stack" install && bash "$stack" up || exit 1
+  own_stack=1
+fi
+# shellcheck disable=SC1091
+. "$stack_dir/env"
+bash "$stack" bench-up || exit 1
+# shellcheck disable=SC1091
+. "$stack_dir/bench-env"
+
+mkdir -p "$results"
+rm -rf "$results/work"
+for f in "${figures[@]}"; do rm -f "$results/${f,,}.json"; done
+# A full run describes the machine afresh; a partial one adds its load samples to the last full run's.
+if [ $# -eq 0 ] || [ ! -f "$results/machine.json" ]; then
+  rm -f "$results/load.txt"
+  python "$repo/bench/report.py" machine
+fi
+python "$repo/bench/report.py" sample &
+sampler=$!
+
+failed=()
+for f in "${figures[@]}"; do
+  log "$f: bench/${scripts[$f]} (limit ${limit} s)"
+  started=$SECONDS
+  if ! timeout --kill-after=30 "$limit" python "$repo/bench/${scripts[$f]}"; then
+    failed+=("$f")
+  fi
+  log "$f: $((SECONDS - started)) s"
+done
+
+python "$repo/bench/report.py" write
+# Keep the figures' JSON (and the generated 200-task playbook); drop dumps, temp dirs, the symlink.
+rm -rf "$results/work" "$results/collections" "$results/ansible-tmp" "$results"/*args.json
+if [ ${#failed[@]} -gt 0 ]; then
+  log "figures that did not finish: ${failed[*]} (docs/performance.md says 'not run' for them)"
+  exit 1
+fi
+log "done: docs/performance.md"
