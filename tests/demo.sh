@@ -69,7 +69,7 @@ fi
 # --- Stack --------------------------------------------------------------------------------------
 if [ "$no_stack" != 1 ]; then
   say "installing and starting the stack ($backend)"
-  bash "$stack" install || die "tests/stack/stack.sh install failed (Debian/Ubuntu and root are needed)"
+  bash "$stack" install "$backend" || die "tests/stack/stack.sh install failed (Debian/Ubuntu and root are needed)"
   stack_started=1
   bash "$stack" up "$backend" || die "tests/stack/stack.sh up $backend failed"
 fi

@@ -2,7 +2,7 @@
 # One implementation of "install, bring up and tear down" the real components that tests, demo
 # and benchmarks need: libvirtd + virtlogd (no systemd), tiny TCG guests, and InfluxDB 1.x on loopback.
 #
-#   stack.sh install      apt packages + the project venv (.venv), idempotent
+#   stack.sh install [test]  apt packages + the project venv (.venv), idempotent ("test": no QEMU/libvirtd)
 #   stack.sh up [test]    start everything ("test": libvirt's test driver only, no hypervisor)
 #   stack.sh down         stop what `up` started, by PID, and undefine its guests
 #   stack.sh env          print the environment file that `up` wrote
@@ -17,8 +17,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 stack_dir=${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}
 venv=${MEMDUMP_VENV:-$repo/.venv}
-apt_packages=(libvirt-dev pkg-config libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-              influxdb influxdb-client binutils shellcheck curl)
+apt_packages=(libvirt-dev pkg-config libvirt-clients influxdb influxdb-client binutils shellcheck curl)
+# Only the real-hypervisor backend needs these (`install test` leaves them out: no QEMU, no libvirtd).
+hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils)
 guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
 influx_port=${MEMDUMP_STACK_INFLUX_PORT:-18086}
 influx_auth_port=${MEMDUMP_STACK_INFLUX_AUTH_PORT:-18096}
@@ -33,9 +34,10 @@ need_root() {
   fi
 }
 
-cmd_install() {
-  local missing=()
-  for p in "${apt_packages[@]}"; do
+cmd_install() {  # [qemu|test]
+  local missing=() wanted=("${apt_packages[@]}")
+  [ "${1:-qemu}" = test ] || wanted+=("${hypervisor_packages[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -49,14 +51,14 @@ cmd_install() {
   want=$( (cat "$repo/tests/requirements.txt" "$repo/service/pyproject.toml" 2>/dev/null || true) | sha256sum | cut -c1-16)
   stamp=$(cat "$venv/.memdump-stamp" 2>/dev/null || true)
   if [ "$stamp" != "$want" ]; then
-    log "creating the virtual environment $venv"
+    log "creating the virtual environment $venv (pip's output: $venv/install.log)"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-    "$venv/bin/pip" install -q -r "$repo/tests/requirements.txt" 2>&1 | grep -v "is ignored" || true
-    if [ -f "$repo/service/pyproject.toml" ]; then
-      "$venv/bin/pip" install -q -e "$repo/service[libvirt]" 2>&1 | grep -v "is ignored" || true
-    fi
-    "$venv/bin/python" -c 'import ansible, pytest' || { log "venv install failed"; exit 1; }
+    {
+      "$venv/bin/pip" install --upgrade pip &&
+      "$venv/bin/pip" install -r "$repo/tests/requirements.txt" &&
+      { [ ! -f "$repo/service/pyproject.toml" ] || "$venv/bin/pip" install -e "$repo/service[libvirt]"; }
+    } > "$venv/install.log" 2>&1 || { tail -30 "$venv/install.log" >&2; log "venv install failed"; exit 1; }
+    "$venv/bin/python" -c 'import ansible, pytest, libvirt, memdump_service' || { log "venv install failed"; exit 1; }
     echo "$want" > "$venv/.memdump-stamp"
   fi
   install_ansible_test_pip
@@ -310,7 +312,7 @@ cmd_bench_down() {
 }
 
 case "${1:-}" in
-  install) cmd_install ;;
+  install) cmd_install "${2:-qemu}" ;;
   up) cmd_up "${2:-qemu}" ;;
   down) cmd_down ;;
   env) cat "$stack_dir/env" ;;
