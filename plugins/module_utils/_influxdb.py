@@ -86,6 +86,14 @@ def safe_url(url):
         return '<invalid url>'
 
 
+def url_password(url):
+    """The password in a URL's user info (``http://user:pw@host``), or None."""
+    try:
+        return urlsplit(url or '').password
+    except ValueError:
+        return None
+
+
 def resolve_api(api, bucket=None, org=None):
     """``v1`` or ``v2``. ``auto`` means v2 when a bucket and an org are set, else v1."""
     if api in ('v1', 'v2'):

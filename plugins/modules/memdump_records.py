@@ -215,6 +215,7 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb impo
     quote_string,
     resolve_api,
     series_rows,
+    url_password,
 )
 
 STATES = ['queued', 'running', 'completed', 'failed']
@@ -334,6 +335,10 @@ def main():
         limit=dict(type='int', default=100),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    # A password written into the URL is as secret as O(password): mask it in every result, -vvv included.
+    secret = url_password(module.params['url'])
+    if secret:
+        module.no_log_values.add(secret)
     try:
         run(module)
     except Exception as err:  # pylint: disable=broad-except

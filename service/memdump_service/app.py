@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from memdump_service import __version__
 from memdump_service.config import Settings
@@ -27,6 +28,42 @@ MAX_WAIT = 120.0
 LABEL_RE = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
 STATES = ("queued", "running", "completed", "failed")
 FEATURES = ["wait", "label", "request_id", "file", "delete"]
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer of the API."""
+
+    detail: str = Field(description="what is wrong and what to do")
+
+
+ERROR_TEXT = {
+    400: "invalid input", 401: "missing or invalid bearer token", 404: "no such dump", 409: "conflicts with the dump's state",
+    410: "the image was deleted or is missing", 413: "request body too large", 415: "body is not JSON",
+    416: "range not satisfiable", 422: "invalid parameter",
+}
+
+
+def error_responses(*codes: int) -> t.Dict[t.Union[int, str], t.Dict[str, t.Any]]:
+    """OpenAPI declarations of a route's error answers (all JSON ``{"detail": str}``)."""
+    return {code: {"model": ErrorAnswer, "description": ERROR_TEXT[code]} for code in codes}
+
+
+def range_error(http_range: t.Optional[str], size: int) -> t.Optional[JSONResponse]:
+    """A JSON answer for a Range header that the file response would refuse in plain text, else None.
+
+    Starlette's FileResponse answers bad ranges itself, as text; its own parser decides here, so both agree.
+    """
+    parse = getattr(FileResponse, "_parse_range_header", None)
+    if not http_range or parse is None:
+        return None
+    try:
+        parse(http_range, size)
+    except MalformedRangeHeader as exc:
+        return error(400, f"malformed Range header {shorten(http_range)!r}: {exc.content}; use bytes=START-END")
+    except RangeNotSatisfiable:
+        return error(416, f"Range {shorten(http_range)!r} is outside the image of {size} bytes",
+                     {"Content-Range": f"bytes */{size}"})
+    return None
 
 
 class BadRequest(Exception):
@@ -195,7 +232,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
         LOG.error("internal error on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
         return error(500, "internal error of the memdump service; see its log")
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "libvirt is unreachable (same body, status unavailable)"}})
     def health() -> JSONResponse:
         info = jobs.virt.probe()
         info["memory_only"] = bool(info["connected"]) and str(info["driver"]).upper() != "TEST" and not settings.is_test_driver
@@ -215,7 +252,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
 
     post_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": DumpRequest.model_json_schema()}}}}
 
-    @app.post("/api/dumps", status_code=202, openapi_extra=post_doc)
+    @app.post("/api/dumps", status_code=202, openapi_extra=post_doc, responses=error_responses(400, 401, 409, 413, 415, 422))
     async def create_dumps(request: Request) -> JSONResponse:
         body = await read_json_body(request, settings.max_body)
         vms = check_vms(body)
@@ -229,7 +266,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
             return error(409, str(exc))
         return JSONResponse({"dumps": dumps, "marker": marker}, status_code=202)
 
-    @app.get("/api/dumps")
+    @app.get("/api/dumps", responses=error_responses(400, 401, 422))
     async def list_dumps(vm: t.List[str] = Query(default=[]), label: t.Optional[str] = None, state: t.Optional[str] = None,
                          dump_id: t.List[str] = Query(default=[]), wait: float = Query(default=0.0, ge=0, le=MAX_WAIT),
                          marker: t.Optional[int] = None) -> JSONResponse:
@@ -250,7 +287,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
     if core:
         return app
 
-    @app.get("/api/dumps/{dump_id}")
+    @app.get("/api/dumps/{dump_id}", responses=error_responses(401, 404, 422))
     async def get_dump(dump_id: str, wait: float = Query(default=0.0, ge=0, le=MAX_WAIT), marker: t.Optional[int] = None) -> JSONResponse:
         if jobs.get(dump_id) is None:
             return error(404, f"dump {shorten(dump_id)} not found")
@@ -260,8 +297,9 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
         record = jobs.get(dump_id)
         return JSONResponse(dict(record, marker=current))
 
-    @app.get("/api/dumps/{dump_id}/file", response_class=FileResponse)
-    async def get_file(dump_id: str) -> t.Any:
+    @app.get("/api/dumps/{dump_id}/file", response_class=FileResponse,
+             responses={206: {"description": "the requested range"}, **error_responses(400, 401, 404, 409, 410, 416)})
+    async def get_file(dump_id: str, request: Request) -> t.Any:
         record = jobs.get(dump_id)
         if record is None:
             return error(404, f"dump {shorten(dump_id)} not found")
@@ -272,10 +310,13 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
         path = record["dump_path"]
         if not path or not os.path.isfile(path):
             return error(410, f"the image of dump {dump_id} is missing from {path}")
+        refused = range_error(request.headers.get("range"), os.path.getsize(path))
+        if refused is not None:
+            return refused
         return FileResponse(path, media_type="application/octet-stream", filename=os.path.basename(path),
                             headers={"X-Memdump-SHA256": record["sha256"]})
 
-    @app.delete("/api/dumps/{dump_id}")
+    @app.delete("/api/dumps/{dump_id}", responses=error_responses(401, 404, 409))
     def delete_dump(dump_id: str) -> JSONResponse:
         status, result = jobs.delete(dump_id)
         if status != 200:

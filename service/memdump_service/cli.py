@@ -1,6 +1,7 @@
 """Command line: memdump-service [options]."""
 
 import logging
+import os
 import sys
 import typing as t
 
@@ -14,6 +15,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"memdump-service: {exc}", file=sys.stderr)
         return 2
+    # Images, the job database and its WAL/SHM files are evidence: nothing the service creates is for other users.
+    os.umask(0o077)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn  # pylint: disable=import-outside-toplevel
 
