@@ -28,6 +28,8 @@ import threading
 import time
 
 import benchlib as b
+# benchlib puts tests/integration (the shared conftest) on sys.path.
+from conftest import sha256_file  # noqa: E402  pylint: disable=import-error
 
 VARIANTS = ['service', 'virsh', 'service_follow', 'virsh_fifo_hash', 'virsh_fifo_hash_1m', 'dd', 'dd_fdatasync']
 
@@ -36,14 +38,6 @@ def timed(cmd):
     started = time.monotonic()
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     return time.monotonic() - started
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(4 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fifo_hash_dump(vm, out_dir, target, pipe_size=None):

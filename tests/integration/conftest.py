@@ -3,6 +3,7 @@
 Requires the stack started by ``tests/stack/stack.sh up`` (``make test`` does it); its settings
 arrive as ``MEMDUMP_TEST_*`` environment variables.
 """
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,15 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file, read in chunks (images are GiB-sized)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(4 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def stack_env(name):

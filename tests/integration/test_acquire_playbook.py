@@ -3,23 +3,14 @@
 Run twice with the same label: the second run changes nothing, dumps nothing and downloads nothing;
 the custody manifest's hashes match the collected images. A VM whose dump failed is retried.
 """
-import hashlib
 import json
 import os
 import urllib.parse
 import urllib.request
 
-from conftest import stack_env
+from conftest import sha256_file, stack_env
 
 LABEL = 'IR-INTEG-ACQUIRE-1'
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def acquire(run_playbook, svc, evidence, vms, label=LABEL, env=None, **extra):
@@ -62,7 +53,7 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
     files = {}
     for entry in data['entries']:
         path = os.path.join(str(evidence), LABEL, entry['evidence_file'])
-        assert sha256(path) == entry['sha256']
+        assert sha256_file(path) == entry['sha256']
         assert os.path.getsize(path) == entry['size_bytes']
         assert entry['host'] == 'localhost' and entry['vm_uuid'] and entry['format'] == 'elf'
         assert entry['operator'] and entry['collection_version'] == '0.1.0'

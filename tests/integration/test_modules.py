@@ -5,9 +5,10 @@ this driver starts services with the ``memdump_service`` fixture and includes th
 passing the service URL as ``memdump_url``. Real QEMU guests for the image/sha256 flow, libvirt's
 test driver where speed matters.
 """
-import hashlib
 import os
 import uuid
+
+from conftest import sha256_file
 
 TARGETS = os.path.join(os.path.dirname(__file__), 'targets')
 
@@ -37,14 +38,6 @@ def assert_ok(result):
     assert result.rc == 0, 'playbook failed (rc %s):\n%s\n%s' % (result.rc, result.stdout[-6000:], result.stderr[-3000:])
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def test_targets_on_qemu(memdump_service, run_playbook):
     """check mode -> real run -> same label not changed; wait to completion; sha256 matches the files; info views."""
     svc = memdump_service()
@@ -64,7 +57,7 @@ def test_targets_on_qemu(memdump_service, run_playbook):
     for record in waited['dumps']:
         assert record['dump_path'].startswith(svc.dump_dir)
         assert os.path.getsize(record['dump_path']) == record['size_bytes']
-        assert sha256_of(record['dump_path']) == record['sha256']
+        assert sha256_file(record['dump_path']) == record['sha256']
         with open(record['dump_path'], 'rb') as f:
             assert f.read(4) == b'\x7fELF'
 
@@ -212,7 +205,7 @@ def test_core_api_only_service_polls(memdump_service, run_playbook):
     assert trigger['changed'] is True and trigger['dumps'][0]['created'] is True
     waited = result.task_results('Wait')
     assert waited['completed'] == [vm] and waited['dumps'][0]['sha256']
-    assert sha256_of(waited['dumps'][0]['dump_path']) == waited['dumps'][0]['sha256']
+    assert sha256_file(waited['dumps'][0]['dump_path']) == waited['dumps'][0]['sha256']
     info = result.task_results('Info')
     assert info['service']['status'] == 'ok' and len(info['dumps']) >= 1
     log = svc.read_log()
