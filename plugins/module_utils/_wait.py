@@ -21,10 +21,6 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._client import
     MemdumpConnectionError,
 )
 
-# A long-poll that comes back faster than this with nothing changed means the service does not
-# hold requests after all: fall back to sleeping for the poll interval.
-_EARLY_ANSWER = 0.05
-
 
 class WaitTimeout(Exception):
     """The deadline passed; ``records`` holds the last known record of every dump."""
@@ -121,9 +117,12 @@ class DumpWaiter(object):
                 marker = None
                 self._sleep_until(deadline, self.poll_interval)
             else:
-                early = server_wait and (self.clock() - asked) < _EARLY_ANSWER
-                if early and new_marker == marker and not changed:
-                    self._sleep_until(deadline, self.poll_interval)
+                # A holding service answers an unchanged marker only when its hold expires, which is
+                # longer than the poll interval. Sooner means it does not hold (however slow the link
+                # is): keep the poll interval between requests instead of spinning.
+                took = self.clock() - asked
+                if server_wait and new_marker == marker and not changed and took < self.poll_interval:
+                    self._sleep_until(deadline, self.poll_interval - took)
                 marker = new_marker
 
     def _timeout(self, dump_ids, records, start, url):

@@ -99,6 +99,18 @@ def test_marker_without_hold_sleeps_instead_of_spinning():
     assert clock.sleeps == [2, 2]  # the two long-polls that came back at once with nothing changed
 
 
+def test_marker_without_hold_on_a_slow_link_still_sleeps():
+    clock = Clock()
+    answers = [([rec('a', 'running')], 7)] * 3 + [([rec('a', 'completed')], 8)]
+
+    def fetch(ids, wait, marker):
+        clock.now += 0.25  # every answer takes a quarter second, held or not
+        return answers.pop(0)
+
+    DumpWaiter(fetch, timeout=600, poll_interval=2, clock=clock, sleep=clock.sleep).wait(['a'])
+    assert clock.sleeps == [1.75, 1.75]  # one poll interval from request to request
+
+
 def test_on_first_sees_the_first_answer_once():
     seen = []
     answers = [([rec('a', 'running')], None), ([rec('a', 'completed')], None)]
