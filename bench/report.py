@@ -171,40 +171,54 @@ def p2_text(r):
 
 def p3_text(r):
     t = r['times']
-    out = ['| variant | median / p95 / min–max (n) |', '|---|---|']
-    for k, name in (('service', 'service, default `--hash-mode fifo` (POST → `completed`, SHA-256 included)'),
+    cpu = r.get('cpu') or {}
+    reporting = r.get('free_page_reporting')
+    head = 'machine CPU while it ran: system / iowait / steal' + (' / memory reported to the host' if reporting else '') + ' (median)'
+    out = ['| variant | wall time median / p95 / min–max (n) | %s |' % head, '|---|---|---|']
+    for k, name in (('service', 'service (POST → `completed`, SHA-256 included)'),
                     ('service_duration_sec', 'service: its own `duration_sec`'),
-                    ('service_follow', 'service with `--hash-mode follow` (POST → `completed`, SHA-256 included)'),
-                    ('virsh', '`virsh dump --memory-only --format elf`'), ('virsh_then_fsync', 'virsh, then fsync of the file'),
-                    ('virsh_then_sha256', 'virsh, then SHA-256 of the file (two passes)'),
-                    ('virsh_fifo_hash', 'virsh into a FIFO read, hashed, written and fsynced by a plain reader (the design, without '
-                     'the service; 64 KiB pipe buffer)'),
-                    ('virsh_fifo_hash_1m', 'the same with a 1 MiB pipe buffer (`F_SETPIPE_SZ`, as the service sets)'),
+                    ('service_paused_sec', 'service: guest paused (`paused_sec`)'),
+                    ('virsh', '`virsh dump --memory-only --format elf`'),
+                    ('virsh_then_sha256', 'virsh, then SHA-256 of the file read back (two passes)'),
+                    ('fifo_reader', "virsh into a FIFO drained by the service's `FifoHasher` (no HTTP or job layer)"),
+                    ('fifo_reader_no_writeback', 'the same without the streaming writeback (one fsync at the end)'),
                     ('dd', '`dd if=/dev/zero bs=1M` same size'), ('dd_fdatasync', '`dd ... conv=fdatasync`')):
         if t.get(k, {}).get('n'):
-            out.append('| %s | %s |' % (name, dist(t[k])))
-    out += ['', 'service / virsh: **%s** (ratio of medians); with `--hash-mode follow`: **%s**; per-repetition ratio '
-            '(default mode): %s. service / dd: %s; service / dd with '
-            'fdatasync: %s; virsh / dd: %s. Image: %s bytes; recorded SHA-256 equals the file\'s: %s.'
-            % (r.get('ratio_of_medians'), r.get('follow_ratio_of_medians'), dist(r.get('paired_ratio'), lambda x: '%.2f' % x), r.get('service_over_dd'),
-               r.get('service_over_dd_fdatasync'), r.get('virsh_over_dd'), r.get('image_bytes'), r.get('recorded_sha256_matches_file')),
-            '', 'SHA-256 in memory on this machine while the benchmark ran (one core, before / after): %s MB/s.'
-            % ' / '.join(str(x) for x in r.get('sha256_mb_per_s_before_after') or ['?'])]
+            c = cpu.get(k)
+            split = ''
+            if c:
+                split = ' / '.join(sec(c[f]['median']) for f in ('system', 'iowait', 'steal'))
+                if reporting and c.get('reported_mib'):
+                    split += ' / %.0f MiB' % c['reported_mib']['median']
+            out.append('| %s | %s | %s |' % (name, dist(t[k]), split))
+    out += ['', 'service / virsh: **%s** (ratio of medians); per-repetition ratio: %s. FifoHasher alone / virsh: %s; without the '
+            'streaming writeback / virsh: %s; service / FifoHasher alone: %s. service / dd: %s, / dd with fdatasync: %s; '
+            'virsh / dd with fdatasync: %s. Image: %s bytes; recorded SHA-256 equals the file\'s: %s.'
+            % (r.get('ratio_of_medians'), dist(r.get('paired_ratio'), lambda x: '%.2f' % x), r.get('fifo_reader_over_virsh'),
+               r.get('no_writeback_over_virsh'), r.get('service_over_fifo_reader'), r.get('service_over_dd'),
+               r.get('service_over_dd_fdatasync'), r.get('virsh_over_dd_fdatasync'), r.get('image_bytes'),
+               r.get('recorded_sha256_matches_file')),
+            '', 'SHA-256 in memory on this machine while the benchmark ran (one core, before / after): %s MB/s. '
+            'Order of the variants, shuffled per repetition: %s; a `sync` and a %s s pause before each.'
+            % (' / '.join(str(x) for x in r.get('sha256_mb_per_s_before_after') or ['?']),
+               '; '.join(', '.join(o) for o in r.get('orders') or []), r.get('pause_sec')),
+            '', '**How the hash costs no second pass.** libvirt writes the image into a FIFO; the service reads it in one pass, '
+            'hashes it and writes the file, and hands each completed 8 MiB step to the disk at once (`sync_file_range`, then '
+            'drops it from the page cache), so when QEMU is done at most 16 MiB are left for the final fsync. `virsh dump` '
+            "instead lets libvirt's iohelper fill the page cache and `fdatasync` the whole image at the end. The "
+            '"without the streaming writeback" row is the same reader with one fsync at the end: the difference between '
+            'the two rows is what the streaming writeback buys here; the SHA-256 itself (one core) overlaps with QEMU\'s writes.']
+    if reporting:
+        out += ['', '**Read with the machine in mind.** This virtual machine hands free memory back to its hypervisor '
+                '(virtio-balloon free page reporting, last column). Filling 1 GiB of page cache then costs host-served page '
+                'faults, visible as system time: see `dd` without fdatasync. Every variant that keeps the whole image in the page '
+                'cache (virsh, dd, the reader without writeback) pays it; the streaming writeback keeps reusing a few MiB and '
+                'does not. On a host without free page reporting that cost, and so most of the margin over virsh, is smaller; '
+                'the design still avoids the final flush of the whole image.']
     if not r.get('met'):
-        fifo = (t.get('virsh_fifo_hash') or {}).get('median')
-        fifo1m = (t.get('virsh_fifo_hash_1m') or {}).get('median')
-        vf = (t.get('virsh_then_fsync') or {}).get('median')
-        virsh = t['virsh']['median']
-        out += ['', '**What limits it.** In the default FIFO mode every byte crosses the service: QEMU writes into a pipe, '
-                'the service reads, hashes and writes it, on 2 cores shared with libvirtd and QEMU. A plain reader doing '
-                'the same without the service takes %s with the 64 KiB pipe buffer and %s with 1 MiB (`F_SETPIPE_SZ`, as the '
-                'service sets), against %s for `virsh dump` alone (%s with fsync). Which pipe size is faster changed '
-                'between runs on this 2-core machine, so neither is claimed here.'
-                % (sec(fifo), sec(fifo1m), sec(virsh), sec(vf)),
-                '', '**What would lift it.** `--hash-mode follow` (libvirt writes the file itself; the service hashes it '
-                'from the page cache right behind the writer, so the image still crosses the disk once): ratio %s here. '
-                'It is not the default yet because it is less proven than the FIFO mode (see the closing note of issue 7).'
-                % r.get('follow_ratio_of_medians')]
+        out += ['', '**What limits it.** The service\'s own work beyond the FifoHasher alone is the HTTP and job layer (ratio '
+                'above); the rest is shared with virsh (QEMU writing 4 KiB at a time into the pipe) or is machine noise (CPU '
+                'columns).']
     return out
 
 

@@ -11,7 +11,7 @@ DEFAULT_DUMP_DIR = "/var/lib/memdump/dumps"
 DEFAULT_STATE_FILE = "/var/lib/memdump/state.sqlite3"
 DEFAULT_MAX_PARALLEL = 2
 
-HASH_MODES = ("fifo", "follow", "after")
+HASH_MODES = ("fifo", "after")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -35,8 +35,7 @@ class Settings:
     core_api_only: bool = False
     log_level: str = "INFO"
     # How ELF images are hashed on a real hypervisor: "fifo" (libvirt writes into a FIFO that the service drains,
-    # hashing and writing in one pass), "follow" (libvirt writes the file, a thread hashes right behind it) or
-    # "after" (hash the finished file).
+    # hashing and writing in one pass) or "after" (libvirt writes the file, the service reads it back to hash it).
     hash_mode: str = "fifo"
     # Seconds between libvirt progress polls while a dump runs.
     progress_interval: float = 0.1
@@ -117,8 +116,8 @@ def build_parser(environ: t.Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--core-api-only", action="store_true", default=env_bool(env("CORE_API_ONLY", "")),
                         help="serve only the seed's core API (no marker, wait, label, request_id; for client compatibility tests)")
     parser.add_argument("--hash-mode", choices=HASH_MODES, default=env("HASH_MODE", "fifo"),
-                        help="how ELF images are hashed: fifo (stream through a FIFO, one pass), follow (hash right behind "
-                        "libvirt's writes) or after (hash the finished file) (default %(default)s)")
+                        help="how ELF images are hashed: fifo (stream through a FIFO, one pass) or after (hash the finished "
+                        "file, one extra read) (default %(default)s)")
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="logging level (default %(default)s)")
     return parser
 
