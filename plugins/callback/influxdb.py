@@ -27,6 +27,9 @@ description:
   - Points are buffered and sent once, when the run ends, within O(timeout) seconds whatever InfluxDB
     does. If that fails, one warning is shown and the points are written to a spool file in
     O(spool_dir); the next run sends the spool first. The run itself never fails because of this callback.
+  - While the run goes on, a background thread asks InfluxDB's C(/ping) (again every O(timeout) seconds,
+    at least 5, until it answers). If no probe got an answer by the end of the run, the points go to the
+    spool at once instead of waiting O(timeout) for InfluxDB again.
   - Tasks with C(no_log) are never recorded. Credentials are never shown and never spooled.
   - This callback must be enabled, for example with C(callbacks_enabled = vmforensics.memdump.influxdb)
     in C(ansible.cfg) or E(ANSIBLE_CALLBACKS_ENABLED=vmforensics.memdump.influxdb) (as in AWX).
@@ -97,6 +100,7 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb impo
     DEFAULT_MEASUREMENT,
     InfluxDBError,
     InfluxDBv1,
+    ping,
     resolve_api,
     safe_url,
     write_v2,
@@ -114,6 +118,7 @@ TAGS = ('vm', 'state', 'format', 'label')
 STRING_FIELDS = ('dump_id', 'sha256', 'dump_path', 'message')
 FLOAT_FIELDS = ('duration_sec', 'progress', 'paused_sec')
 SPOOL_SUFFIX = '.lp'
+MIN_PROBE_INTERVAL = 5.0
 
 
 def parse_time(value):
@@ -326,6 +331,44 @@ class Spool(object):
                 pass
 
 
+class LivenessProbe(object):
+    """Pings InfluxDB in a daemon thread while the run goes on, until it answers once.
+
+    A run whose InfluxDB never answered then spools its points at the end without waiting
+    ``timeout`` for it a second time (docs/performance.md, P4).
+    """
+
+    def __init__(self, ping_once, interval):
+        self.ping_once = ping_once  # raises when InfluxDB does not answer
+        self.interval = interval
+        self.answered = False
+        self.failures = 0
+        self.last_error = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='memdump-influxdb-probe', daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.ping_once()
+                self.answered = True
+                return
+            except Exception as err:  # pylint: disable=broad-except
+                self.last_error = to_text(err)
+                self.failures += 1
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+
+    def known_dead(self):
+        """True when at least one probe finished and none got an answer."""
+        return not self.answered and self.failures > 0
+
+
 class CallbackModule(CallbackBase):
     """Records memdump dumps and runs in InfluxDB; sends once at the end, spools on failure."""
 
@@ -345,6 +388,7 @@ class CallbackModule(CallbackBase):
         self.disabled = False
         self.last_error = None
         self.spool_path = None
+        self.probe = None
         self._atexit = False
         if not HAS_INFLUXDB_CLIENT:
             self.disabled = True
@@ -399,6 +443,18 @@ class CallbackModule(CallbackBase):
             self.playbook = os.path.basename(to_text(getattr(playbook, '_file_name', '') or ''))
         except Exception:  # pylint: disable=broad-except
             self.playbook = None
+        if self.disabled or self.probe is not None:
+            return
+        try:
+            s = self.settings
+            timeout = s['timeout']
+            self.probe = LivenessProbe(lambda: ping(s['url'], timeout=timeout, validate_certs=s['validate_certs'],
+                                                    ca_path=s['ca_path']),
+                                       max(MIN_PROBE_INTERVAL, timeout))
+            self.probe.start()
+        except Exception as err:  # pylint: disable=broad-except
+            self.probe = None
+            self._display.vvv('vmforensics.memdump.influxdb: no liveness probe: %s' % self.scrub(err))
 
     def _record(self, result):
         if self.disabled:
@@ -515,7 +571,11 @@ class CallbackModule(CallbackBase):
             all_lines = old_lines + list(lines)
             if not all_lines:
                 return
-            error, status = self.send_bounded(all_lines, max(0.1, deadline - time.monotonic()))
+            if self.probe is not None and self.probe.known_dead():
+                error, status = ('no answer to %d probe(s) during the run, so no wait for it now; the last: %s'
+                                 % (self.probe.failures, self.probe.last_error)), None
+            else:
+                error, status = self.send_bounded(all_lines, max(0.1, deadline - time.monotonic()))
             if error is None:
                 spool.remove(old_files)
                 if old_lines:
@@ -542,6 +602,8 @@ class CallbackModule(CallbackBase):
                 self.warn('the spool %s is full (spool_max_bytes=%s): dropped the %d oldest points.'
                           % (spool.directory, spool.max_bytes, dropped))
         finally:
+            if self.probe is not None:
+                self.probe.stop()
             spool.unlock()
             self.buffer = DumpBuffer()
 

@@ -211,6 +211,25 @@ class InfluxDBv1(object):
         return results
 
 
+def ping(url, timeout=DEFAULT_TIMEOUT, validate_certs=True, ca_path=None):
+    """Asks ``<url>/ping`` (InfluxDB 1.x and 2.x, no credentials needed); raises InfluxDBError when
+    nothing answers in time. Any HTTP status is an answer."""
+    if not url:
+        raise InfluxDBError('no InfluxDB URL: set url or MEMDUMP_INFLUXDB_URL')
+    where = 'GET %s/ping' % safe_url(url.rstrip('/'))
+    kwargs = dict(method='GET', timeout=timeout, validate_certs=validate_certs, follow_redirects='safe')
+    if ca_path:
+        kwargs['ca_path'] = ca_path
+    try:
+        open_url(url.rstrip('/') + '/ping', **kwargs).read()
+    except HTTPError:
+        return
+    except URLError as err:
+        raise InfluxDBError('InfluxDB %s failed: %s' % (where, to_native(getattr(err, 'reason', err))))
+    except Exception as err:  # socket timeouts, resets, TLS errors
+        raise InfluxDBError('InfluxDB %s failed: %s: %s' % (where, type(err).__name__, to_native(err)))
+
+
 def series_rows(results):
     """Flattens query ``results`` into a list of dicts (column -> value), series tags merged in."""
     rows = []

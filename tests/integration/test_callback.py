@@ -159,13 +159,14 @@ def closed_port():
 
 
 class Hanging:
-    """Accepts connections and never answers (until closed)."""
+    """Accepts connections, reads each request's first line, and never answers (until closed)."""
 
     def __init__(self):
         self.sock = socket.socket()
         self.sock.bind(('127.0.0.1', 0))
         self.sock.listen(16)
         self.conns = []
+        self.requests = []
         self.url = 'http://127.0.0.1:%d' % self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -177,6 +178,11 @@ class Hanging:
             except OSError:
                 return
             self.conns.append(conn)
+            conn.settimeout(2)
+            try:
+                self.requests.append(conn.recv(200).split(b' HTTP/')[0].decode('ascii', 'replace'))
+            except OSError:
+                self.requests.append('')
 
     def close(self):
         self.sock.close()
@@ -299,7 +305,7 @@ def test_influxdb_stopped_spools_and_next_run_replays_once(tmp_path, run_playboo
 
 def test_influxdb_not_answering_costs_at_most_the_timeout(tmp_path, run_playbook, svc, influxdb):
     db = influxdb()
-    timeout = 3
+    timeout = 2
     label = 'IR-hang-%s' % uuid.uuid4().hex[:6]
     # The play's last task notes the time; what follows it (stats, callbacks, exit) is the tail. The
     # tail with InfluxDB not answering minus the tail without the callback is what InfluxDB cost the run
@@ -309,26 +315,45 @@ def test_influxdb_not_answering_costs_at_most_the_timeout(tmp_path, run_playbook
       ansible.builtin.set_fact:
         t_end: "{{ now().timestamp() }}"
 """
+    # Longer than the timeout: the callback's background probe of /ping has failed by the end.
+    timed_long = PLAY + """
+    - name: outlast the probe
+      ansible.builtin.pause:
+        seconds: %d
+    - name: end
+      ansible.builtin.set_fact:
+        t_end: "{{ now().timestamp() }}"
+""" % (timeout + 1)
 
-    def tail(env):
-        res = run_playbook(timed, extra_vars=play_vars(svc, label), env=env)
+    def tail(play, env):
+        res = run_playbook(play, extra_vars=play_vars(svc, label), env=env)
         finished = time.time()
         assert res.rc == 0, res.stdout + res.stderr
         return res, finished - float(res.task_results('end')['ansible_facts']['t_end'])
 
-    dummy, base_tail = tail({})
+    dummy, base_tail = tail(timed, {})
     hang = Hanging()
     try:
-        res, hang_tail = tail(callback_env(tmp_path, dict(db.env(), MEMDUMP_INFLUXDB_URL=hang.url), timeout=timeout))
+        env = callback_env(tmp_path, dict(db.env(), MEMDUMP_INFLUXDB_URL=hang.url), timeout=timeout)
+        res, hang_tail = tail(timed, env)
+        short_requests = list(hang.requests)
+        res_long, long_tail = tail(timed_long, env)
+        long_requests = hang.requests[len(short_requests):]
     finally:
         hang.close()
+    extra, long_extra = hang_tail - base_tail, long_tail - base_tail
+    print('end of run without the callback %.2fs; with InfluxDB not answering: extra %.2fs (short run), %.2fs (run '
+          'longer than the timeout %ss)' % (base_tail, extra, long_extra, timeout))
+    # Whether or not the probe has given up by the end of a short run, the end waits at most the timeout.
     assert len(callback_warnings(res)) == 1, res.stderr
-    extra = hang_tail - base_tail
-    print('end of run without the callback %.2fs, with InfluxDB not answering %.2fs: extra %.2fs (timeout %ss)'
-          % (base_tail, hang_tail, extra, timeout))
-    assert timeout - 0.5 < extra < timeout + 1.5, (base_tail, hang_tail)
-    assert len(hang.conns) == 1  # one attempt, not one per dump or per retry
-    assert len(spool_files(tmp_path)) == 1
+    assert extra < timeout + 1.5, (base_tail, hang_tail)
+    assert len([r for r in short_requests if r.startswith('POST /write')]) <= 1
+    # A run that outlasts the probe's timeout does not wait for InfluxDB at its end, and sends nothing.
+    warnings = callback_warnings(res_long)
+    assert len(warnings) == 1 and 'probe(s) during the run' in res_long.stderr, res_long.stderr
+    assert long_extra < 1.0, (base_tail, long_tail)
+    assert long_requests and all(r == 'GET /ping' for r in long_requests), long_requests
+    assert len(spool_files(tmp_path)) == 1  # the second run's spool replaced the first's (merged)
 
     res2 = run_playbook(INFO_PLAY, extra_vars=play_vars(svc, label), env=callback_env(tmp_path, db.env()))
     assert res2.rc == 0, res2.stdout + res2.stderr

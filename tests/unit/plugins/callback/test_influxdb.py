@@ -99,7 +99,14 @@ def split_line(line):
 
 class Collector(http.server.BaseHTTPRequestHandler):
     requests = []
+    pings = []
     status = 204
+
+    def do_GET(self):  # noqa: N802
+        Collector.pings.append(self.path)
+        self.send_response(204 if self.path == '/ping' else 404)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers.get('Content-Length') or 0)).decode()
@@ -119,6 +126,7 @@ class Collector(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def collector():
     Collector.requests = []
+    Collector.pings = []
     Collector.status = 204
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Collector)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -240,6 +248,44 @@ def test_hanging_influxdb_costs_at_most_the_timeout(tmp_path):
     assert elapsed < 1.5 + 1.0, elapsed  # the bound is the timeout; the margin is for a loaded machine
     assert len(display.warnings) == 1
     assert len(cb.spool().files()) == 1
+
+
+def wait_for(predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_influxdb_that_never_answered_a_probe_costs_no_wait_at_the_end(tmp_path):
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(5)
+    try:
+        cb, display = make_callback(tmp_path, url='http://127.0.0.1:%d' % listener.getsockname()[1], timeout=2)
+        cb.v2_playbook_on_start(type('PB', (), {'_file_name': '/x/site.yml'})())
+        cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_wait', WAIT))
+        assert wait_for(cb.probe.known_dead)  # the run goes on meanwhile; here, the probe's 2 s pass
+        started = time.monotonic()
+        cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert elapsed < 1.0, elapsed  # not the 2 s timeout again
+    assert len(display.warnings) == 1 and 'probe(s) during the run' in display.warnings[0], display.warnings
+    files, lines = cb.spool().read()
+    assert len(files) == 1 and len(lines) == 2
+
+
+def test_probe_that_got_an_answer_lets_the_end_of_run_send(tmp_path, collector):
+    url, requests = collector
+    cb, display = make_callback(tmp_path, url=url)
+    cb.v2_playbook_on_start(type('PB', (), {'_file_name': '/x/site.yml'})())
+    assert wait_for(lambda: cb.probe.answered)
+    assert Collector.pings == ['/ping']  # one probe, no more once InfluxDB answered
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_wait', WAIT))
+    cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
+    assert display.warnings == [] and len(requests) == 1 and cb.spool().files() == []
 
 
 def test_spool_cap_drops_oldest_points_with_a_warning(tmp_path):
