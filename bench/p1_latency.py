@@ -55,10 +55,12 @@ FLOOR_CODE = ('import sys, time; import ansible.module_utils.basic, ansible.modu
 
 def exit_floor(reps=5):
     """How long a Python process that imported what a module imports takes to exit after its last
-    output (interpreter finalization), with a normal exit and with os._exit()."""
-    out = {'normal': [], 'os_exit': []}
+    output (interpreter finalization): a normal exit, after gc.freeze() (what the memdump modules
+    do before exit_json), and with os._exit()."""
+    out = {'normal': [], 'gc_freeze': [], 'os_exit': []}
     for dummy in range(reps):
-        for kind, code in (('normal', FLOOR_CODE), ('os_exit', FLOOR_CODE + '; import os; os._exit(0)')):
+        for kind, code in (('normal', FLOOR_CODE), ('gc_freeze', FLOOR_CODE + '; import gc; gc.freeze()'),
+                           ('os_exit', FLOOR_CODE + '; import os; os._exit(0)')):
             proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True)
             out[kind].append(time.time() - float(proc.stdout))
     return {k: b.summary(v, 3) for k, v in out.items()}

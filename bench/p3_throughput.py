@@ -88,6 +88,26 @@ def fifo_reader_dump(vm, out_dir, target, writeback=True):
     return took
 
 
+def page_cache_costs(out_dir, size, reps=3):
+    """Seconds to write ``size`` bytes with dd into fresh page cache (a new file) and into page cache
+    that is already allocated (the same file overwritten in place): the price of allocating memory here."""
+    target = os.path.join(out_dir, 'bench-page-cache.img')
+    dd = ['dd', 'if=/dev/zero', 'of=' + target, 'bs=1M', 'count=%d' % size, 'iflag=count_bytes', 'status=none']
+    out = {'fresh': [], 'reused': []}
+    try:
+        for dummy in range(reps):
+            if os.path.exists(target):
+                os.unlink(target)
+            os.sync()
+            time.sleep(1)
+            out['fresh'].append(timed(dd))
+            out['reused'].append(timed(dd + ['conv=notrunc']))
+    finally:
+        if os.path.exists(target):
+            os.unlink(target)
+    return {k: b.summary(v, 3) for k, v in out.items()}
+
+
 def sha256_rate(mib=256):
     """SHA-256 throughput of one core here, right now (MB/s), over data in memory."""
     data = os.urandom(mib << 20)
@@ -112,6 +132,7 @@ def main():
     orders = []
     size = None
     checked = None
+    page_cache = None
     rates = [sha256_rate()]
     try:
         # One dump first: the image size for dd, and a check that the recorded hash is the file's.
@@ -161,6 +182,7 @@ def main():
                       % (rep, variant, took, cpu[variant]['system'][-1], cpu[variant]['iowait'][-1], cpu[variant]['steal'][-1],
                          cpu[variant]['reported_mib'][-1]))
         rates.append(sha256_rate())
+        page_cache = page_cache_costs(out_dir, size)
     finally:
         svc.stop()
     stats = {k: b.summary(v, 3) for k, v in times.items()}
@@ -183,7 +205,7 @@ def main():
         'virsh_over_dd': over('virsh', 'dd'),
         'virsh_over_dd_fdatasync': over('virsh', 'dd_fdatasync'),
         'times': stats, 'cpu': {v: {k: b.summary(x, 2) for k, x in c.items()} for v, c in cpu.items()},
-        'orders': orders, 'pause_sec': pause, 'free_page_reporting': os.path.exists(REPORTED_KIB),
+        'orders': orders, 'pause_sec': pause, 'page_cache_write': page_cache, 'free_page_reporting': os.path.exists(REPORTED_KIB),
         'image_bytes': size, 'sha256_mb_per_s_before_after': rates, 'recorded_sha256_matches_file': checked,
         'guest': vm, 'guest_mib': int(b.env('MEMDUMP_BENCH_VM_RANDOM_MIB', '1024')), 'reps': reps,
         'load_before': load_before, 'load_after': b.loadavg(),

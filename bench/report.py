@@ -124,7 +124,11 @@ def p1_text(r):
     if floor:
         out += ['', 'Floor measured on the same machine: a Python process that imported `ansible.module_utils.basic` and '
                 '`ansible.module_utils.urls` takes %s (median; p95 %s) from its last output to its exit with a normal exit, '
-                '%s with `os._exit()`.' % (ms(floor['normal']['median']), ms(floor['normal']['p95']), ms(floor['os_exit']['median']))]
+                '%s after `gc.freeze()` and %s with `os._exit()`. The memdump modules call `gc.freeze()` just before '
+                '`exit_json`/`fail_json` (`MemdumpModule`): the interpreter\'s final garbage collection, most of the normal '
+                'exit, then skips every object.'
+                % (ms(floor['normal']['median']), ms(floor['normal']['p95']), ms((floor.get('gc_freeze') or {}).get('median')),
+                   ms(floor['os_exit']['median']))]
     if not r.get('met') and ours.get('n'):
         out += ['', '**What limits it.** The service answers the long-poll within %s of `finished_at` (column 3): the wait '
                 'itself is not the problem. The rest is process overhead after the module has its answer: the module process '
@@ -132,11 +136,10 @@ def p1_text(r):
                 '`ansible.module_utils` imports: the floor above), then Ansible\'s worker hands the result to the controller. '
                 'Under this machine\'s load (see "Conditions") every process waits for a CPU, which inflates both.'
                 % (ms(ours.get('answer', {}).get('median')), ms(mod.get('median'))),
-                '', '**What would lift it.** In `memdump_wait`, write the result and end the process with `os._exit()` right '
-                'after `exit_json` output is flushed (skips interpreter finalization: floor %s instead of %s); run the '
-                'benchmark on an otherwise idle machine; the controller share (answer → task end minus the module\'s exit) is '
-                'Ansible\'s own per-task result handling and is the same for every module.'
-                % (ms(floor.get('os_exit', {}).get('median')), ms(floor.get('normal', {}).get('median')))]
+                '', '**What would lift it.** Run the benchmark on an otherwise idle machine; the controller share (answer → '
+                'task end minus the module\'s exit) is Ansible\'s own per-task result handling and is the same for every '
+                'module; ending the module with `os._exit()` would save the rest of the interpreter\'s exit (floor %s) at the '
+                'cost of skipping its clean-up.' % ms(floor.get('os_exit', {}).get('median'))]
     if seed.get('n'):
         out += ['', 'Seed-style polling: %s median; uri+until: %s median. Both are bounded by the 5 s interval '
                 '(expected uniformly 0–5 s plus overhead).' % (ms(seed['median']), ms(uri.get('median')))]
@@ -208,10 +211,14 @@ def p3_text(r):
             "instead lets libvirt's iohelper fill the page cache and `fdatasync` the whole image at the end. The "
             '"without the streaming writeback" row is the same reader with one fsync at the end: the difference between '
             'the two rows is what the streaming writeback buys here; the SHA-256 itself (one core) overlaps with QEMU\'s writes.']
+    pc = r.get('page_cache_write') or {}
+    if pc.get('fresh') and pc.get('reused'):
+        out += ['', 'Writing the image\'s size with `dd` into a new file (fresh page cache): %s; into the same file again, '
+                'in place (page cache already allocated): %s.' % (dist(pc['fresh']), dist(pc['reused']))]
     if reporting:
         out += ['', '**Read with the machine in mind.** This virtual machine hands free memory back to its hypervisor '
-                '(virtio-balloon free page reporting, last column). Filling 1 GiB of page cache then costs host-served page '
-                'faults, visible as system time: see `dd` without fdatasync. Every variant that keeps the whole image in the page '
+                '(virtio-balloon free page reporting, last column). Filling 1 GiB of fresh page cache then costs host-served '
+                'page faults, visible as system time: compare the two `dd` figures just above. Every variant that keeps the whole image in the page '
                 'cache (virsh, dd, the reader without writeback) pays it; the streaming writeback keeps reusing a few MiB and '
                 'does not. On a host without free page reporting that cost, and so most of the margin over virsh, is smaller; '
                 'the design still avoids the final flush of the whole image.']
