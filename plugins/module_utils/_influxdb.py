@@ -129,6 +129,21 @@ def _error_text(err):
     return text[:500]
 
 
+def _fetch(url, where, **kwargs):
+    """open_url and read the answer: ``(status, body)``. Getting no (whole) answer becomes InfluxDBError
+    naming ``where``; HTTPError (an answer with an error status) passes through: the caller knows what
+    the status means."""
+    try:
+        resp = open_url(url, **kwargs)
+        return resp.getcode(), resp.read()
+    except HTTPError:
+        raise
+    except URLError as err:
+        raise InfluxDBError('InfluxDB %s failed: %s' % (where, to_native(getattr(err, 'reason', err))))
+    except Exception as err:  # socket timeouts, resets, TLS errors
+        raise InfluxDBError('InfluxDB %s failed: %s: %s' % (where, type(err).__name__, to_native(err)))
+
+
 class InfluxDBv1(object):
     """InfluxDB 1.x API: ``/write`` and ``/query``.
 
@@ -164,8 +179,7 @@ class InfluxDBv1(object):
             kwargs['headers']['Authorization'] = 'Token %s' % self.token
         where = '%s %s%s' % (method, safe_url(self.url), path)
         try:
-            resp = open_url(url, **kwargs)
-            return resp.getcode(), resp.read()
+            return _fetch(url, where, **kwargs)
         except HTTPError as err:
             status = err.code
             hint = ''
@@ -174,10 +188,6 @@ class InfluxDBv1(object):
             elif status == 404:
                 hint = '; does database %r exist?' % self.database
             raise InfluxDBError('InfluxDB %s answered HTTP %s: %s%s' % (where, status, _error_text(err), hint), status=status)
-        except URLError as err:
-            raise InfluxDBError('InfluxDB %s failed: %s' % (where, to_native(getattr(err, 'reason', err))))
-        except Exception as err:  # socket timeouts, resets, TLS errors
-            raise InfluxDBError('InfluxDB %s failed: %s: %s' % (where, type(err).__name__, to_native(err)))
 
     def write(self, lines, precision='ns', timeout=None):
         """Writes line-protocol lines (a list of str) in one request."""
@@ -221,13 +231,9 @@ def ping(url, timeout=DEFAULT_TIMEOUT, validate_certs=True, ca_path=None):
     if ca_path:
         kwargs['ca_path'] = ca_path
     try:
-        open_url(url.rstrip('/') + '/ping', **kwargs).read()
+        _fetch(url.rstrip('/') + '/ping', where, **kwargs)
     except HTTPError:
         return
-    except URLError as err:
-        raise InfluxDBError('InfluxDB %s failed: %s' % (where, to_native(getattr(err, 'reason', err))))
-    except Exception as err:  # socket timeouts, resets, TLS errors
-        raise InfluxDBError('InfluxDB %s failed: %s: %s' % (where, type(err).__name__, to_native(err)))
 
 
 def series_rows(results):
