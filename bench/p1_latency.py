@@ -117,7 +117,7 @@ def calibrate(svc, vm, quota):
 def main():
     vm = b.env('MEMDUMP_BENCH_VM_SMALL')
     uri = b.env('MEMDUMP_TEST_LIBVIRT_URI', 'qemu:///system')
-    reps = b.int_env('MEMDUMP_BENCH_P1_REPS', 4)
+    reps = b.int_env('MEMDUMP_BENCH_P1_REPS', 8)
     load_before = b.loadavg()
     services = {'full': b.start_service('p1-full', uri), 'core': b.start_service('p1-core', uri, ['--core-api-only'])}
     proxies = {k: b.CountingProxy(v.url) for k, v in services.items()}
