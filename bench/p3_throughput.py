@@ -68,12 +68,9 @@ def fifo_reader_dump(vm, out_dir, target, writeback=True):
     if os.path.exists(fifo):
         os.unlink(fifo)
     os.mkfifo(fifo, 0o600)
-    saved = virt._SYNC_FILE_RANGE  # pylint: disable=protected-access
-    if not writeback:
-        virt._SYNC_FILE_RANGE = None  # pylint: disable=protected-access
     try:
         started = time.monotonic()
-        hasher = virt.FifoHasher(fifo, target)
+        hasher = virt.FifoHasher(fifo, target, streaming_writeback=writeback)
         hasher.start()
         try:
             subprocess.run(b.VIRSH + ['dump', '--memory-only', '--format', 'elf', vm, fifo], check=True, capture_output=True, timeout=600)
@@ -81,7 +78,6 @@ def fifo_reader_dump(vm, out_dir, target, writeback=True):
             hasher.finish()
         took = time.monotonic() - started
     finally:
-        virt._SYNC_FILE_RANGE = saved  # pylint: disable=protected-access
         os.unlink(fifo)
     if hasher.error:
         raise RuntimeError('FifoHasher: %s' % hasher.error)
