@@ -127,7 +127,7 @@ fi
 say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true"
 ansible-playbook -i localhost, -c local vmforensics.memdump.acquire \
   -e "ansible_python_interpreter=$venv/bin/python" -e memdump_hosts=localhost -e "label=$label" \
-  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$work/evidence" -e timeout=600
+  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$work/evidence" -e wait_timeout=600
 play_rc=$?
 
 # --- Results ------------------------------------------------------------------------------------

@@ -24,15 +24,22 @@ load_stack_env() {
   export MEMDUMP_REPO="$repo"
 }
 
-# A copy of the collection at .../ansible_collections/vmforensics/memdump, as ansible-test requires.
+# A copy of the collection at .../ansible_collections/vmforensics/memdump, as ansible-test requires:
+# the files git knows (tracked and untracked, not ignored), so build litter never gets in.
 collection_copy() {
   # A fresh directory per run, so that two runs (two developers, or a layer and a by-hand run) never share one.
-  local root dest
+  local root dest count
   mkdir -p "$repo/tests/output"
   root=$(mktemp -d "$repo/tests/output/collection.XXXXXX")
   dest=$root/ansible_collections/vmforensics/memdump
   mkdir -p "$dest"
-  (cd "$repo" && git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$dest/")
+  (cd "$repo" && git ls-files -co --exclude-standard -z | tar --null --no-recursion -T - -cf -) | tar -x -C "$dest" || return 1
+  count=$(find "$dest" -type f | wc -l)
+  # A copy without the collection's own files would test nothing and still pass.
+  if [ ! -f "$dest/galaxy.yml" ] || [ ! -d "$dest/plugins/modules" ] || [ "$count" -lt 50 ]; then
+    echo "the copy of the collection at $dest is incomplete ($count files): nothing to test" >&2
+    return 1
+  fi
   (cd "$dest" && git init -q && git add -A >/dev/null 2>&1)
   echo "$dest"
 }
@@ -46,9 +53,13 @@ collections_path() {
 }
 
 run_pytest() {  # name paths...
-  local name=$1; shift
+  local name=$1 rc; shift
   mkdir -p "$results"
   python -m pytest -p no:cacheprovider -ra --junitxml="$results/$name.xml" "$@"
+  rc=$?
+  # pytest's 5: nothing was collected, so nothing was tested.
+  [ $rc -ne 5 ] || echo "layer $name: pytest collected no tests" >&2
+  return $rc
 }
 
 layer_service() {
@@ -57,11 +68,23 @@ layer_service() {
 }
 
 layer_units() {
-  local dest; dest=$(collection_copy)
+  local dest rc; dest=$(collection_copy) || return 1
   (cd "$dest" && ansible-test units --venv --python 3.11 --requirements "$@")
-  local rc=$?
+  rc=$?
   mkdir -p "$results"
-  cp "$dest"/tests/output/junit/*.xml "$results/" 2>/dev/null || true
+  if ! compgen -G "$dest/tests/output/junit/*.xml" >/dev/null; then
+    echo "layer units: ansible-test wrote no test results" >&2
+    return 1
+  fi
+  # One file, named for the layer, so the summary can count this layer on its own.
+  python - "$results/units.xml" "$dest"/tests/output/junit/*.xml <<'PY'
+import sys, xml.etree.ElementTree as ET
+merged = ET.Element('testsuites')
+for path in sys.argv[2:]:
+    root = ET.parse(path).getroot()
+    merged.extend([root] if root.tag == 'testsuite' else list(root))
+ET.ElementTree(merged).write(sys.argv[1])
+PY
   return $rc
 }
 
@@ -72,11 +95,18 @@ layer_integration() {
 }
 
 layer_sanity() {
-  local dest; dest=$(collection_copy)
+  local dest rc; dest=$(collection_copy) || return 1
   if compgen -G "$repo/tests/sanity/ignore-*.txt" >/dev/null; then
     echo "tests/sanity/ignore-*.txt must not exist: fix the code instead"; return 1
   fi
-  (cd "$dest" && ansible-test sanity --local --python 3.11 --requirements "$@")
+  (cd "$dest" && ansible-test sanity --local --python 3.11 --requirements "$@") 2>&1 | tee "$dest/../sanity.log"
+  rc=${PIPESTATUS[0]}
+  # ansible-test passes a sanity run that found nothing to check; that run tested nothing.
+  if grep -q "All targets skipped" "$dest/../sanity.log"; then
+    echo "layer sanity: ansible-test skipped all targets (an empty or wrong copy of the collection?): failed" >&2
+    return 1
+  fi
+  return "$rc"
 }
 
 layer_lint() {
@@ -85,35 +115,41 @@ layer_lint() {
 
 layer_molecule() {
   load_stack_env
-  local rc=0 s
-  [ -d "$repo/extensions/molecule" ] || return 0
+  local rc=0 s ran=0
   # The scenarios use this checkout as vmforensics.memdump (no build, no Galaxy).
   export ANSIBLE_COLLECTIONS_PATH; ANSIBLE_COLLECTIONS_PATH=$(collections_path)
   for s in "$repo"/extensions/molecule/*/; do
     [ -f "$s/molecule.yml" ] || continue
     s=$(basename "$s")
     (cd "$repo/extensions" && molecule test -s "$s") || rc=1
+    ran=$((ran + 1))
   done
+  [ $ran -gt 0 ] || { echo "layer molecule: no scenario under extensions/molecule/" >&2; return 1; }
   return $rc
 }
 
 layer_build() {
-  local out; out=$(mktemp -d)
-  (cd "$repo" && ansible-galaxy collection build --force --output-path "$out" >/dev/null) || return 1
-  local bad
-  bad=$(tar -tzf "$out"/vmforensics-memdump-*.tar.gz | grep -E '(^|/)(tests/output|\.ansible|\.venv|__pycache__|\.stack)(/|$)' | head -5)
+  local out list bad
+  out=$(mktemp -d)
+  (cd "$repo" && ansible-galaxy collection build --force --output-path "$out" >/dev/null) || { rm -rf "$out"; return 1; }
+  list=$(tar -tzf "$out"/vmforensics-memdump-*.tar.gz)
   rm -rf "$out"
+  # Litter and what only developers use (benchmarks, local builds of the service) stay out.
+  bad=$(grep -E '(^|/)(tests/output|\.ansible|\.venv|__pycache__|\.stack|bench|service/build|[^/]*\.egg-info)(/|$)' <<< "$list" | head -5)
   if [ -n "$bad" ]; then echo "build litter in the tarball: $bad"; return 1; fi
-  echo "collection tarball is clean"
+  for f in MANIFEST.json FILES.json plugins/modules/memdump_trigger.py roles/service/tasks/main.yml service/requirements.lock; do
+    grep -qx "$f" <<< "$list" || { echo "the tarball lacks $f"; return 1; }
+  done
+  echo "collection tarball is clean ($(wc -l <<< "$list") entries)"
 }
 
-# Counts test cases from the JUnit files that the pytest-based layers wrote.
-junit_counts() {
-  python - "$results" <<'PY'
-import glob, sys, xml.etree.ElementTree as ET
+# "passed failed skipped" of one pytest layer's JUnit file (0 0 0 when it wrote none).
+junit_counts() {  # file
+  python - "$1" <<'PY'
+import os, sys, xml.etree.ElementTree as ET
 passed = failed = skipped = 0
-for path in glob.glob(sys.argv[1] + '/*.xml'):
-    for suite in ET.parse(path).getroot().iter('testsuite'):
+if os.path.exists(sys.argv[1]):
+    for suite in ET.parse(sys.argv[1]).getroot().iter('testsuite'):
         t = int(suite.get('tests', 0)); f = int(suite.get('failures', 0)) + int(suite.get('errors', 0))
         s = int(suite.get('skipped', 0))
         passed += t - f - s; failed += f; skipped += s
@@ -129,28 +165,29 @@ cmd_all() {
   trap 'exit 130' INT TERM
   bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
   rm -rf "$results" "$repo"/tests/output/collection.*
-  local layer failed_layers=() other_passed=0
+  local layer ok failed_layers=() passed=0 failed=0 skipped=0 p f s lines=()
   for layer in service units integration sanity lint molecule build; do
     log "layer: $layer"
-    if "layer_$layer"; then
-      case $layer in sanity|lint|molecule|build) other_passed=$((other_passed + 1)) ;; esac
-    else
-      failed_layers+=("$layer")
-    fi
+    if "layer_$layer"; then ok=1; else ok=0; fi
+    case $layer in
+      service|units|integration)
+        # Every test case counts; a layer that failed without a failing case (a collection error,
+        # nothing collected) counts as one failure, and one that passed without a case as one too.
+        read -r p f s < <(junit_counts "$results/$layer.xml")
+        if [ $ok = 0 ] && [ "$f" = 0 ]; then f=1; fi
+        if [ $ok = 1 ] && [ "$p" = 0 ]; then f=1; ok=0; echo "layer $layer: passed without running a test" >&2; fi ;;
+      *) if [ $ok = 1 ]; then p=1 f=0; else p=0 f=1; fi; s=0 ;;
+    esac
+    [ $ok = 1 ] || failed_layers+=("$layer")
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+    lines+=("$(printf '  %-12s %s: %d passed, %d failed, %d skipped' "$layer" "$([ $ok = 1 ] && echo ok || echo FAILED)" "$p" "$f" "$s")")
   done
   # Tear down before the summary, so that "N passed, N failed" is the closing line.
   bash "$stack" down
   trap - EXIT
-  read -r p f s < <(junit_counts)
-  # Layers that are not pytest count as one test each; a pytest layer that failed without writing a
-  # failure to its JUnit file (collection error) counts as one failure.
-  local extra_failed=0 l
-  for l in "${failed_layers[@]}"; do
-    case $l in sanity|lint|molecule|build) extra_failed=$((extra_failed + 1)) ;;
-      *) [ "$f" -gt 0 ] || extra_failed=$((extra_failed + 1)) ;; esac
-  done
-  log "summary ($((SECONDS - started)) s); failed layers: ${failed_layers[*]:-none}; skipped tests: $s"
-  echo "$((p + other_passed)) passed, $((f + extra_failed)) failed"
+  log "summary ($((SECONDS - started)) s); failed layers: ${failed_layers[*]:-none}"
+  printf '%s\n' "${lines[@]}"
+  echo "$passed passed, $failed failed"
   [ ${#failed_layers[@]} -eq 0 ]
 }
 

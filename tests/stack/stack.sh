@@ -17,7 +17,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 stack_dir=${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}
 venv=${MEMDUMP_VENV:-$repo/.venv}
-apt_packages=(libvirt-dev pkg-config libvirt-clients influxdb influxdb-client binutils shellcheck curl)
+# Debian's interpreter, the one python3-libvirt is built for (not a python3 that happens to be first on PATH).
+python=${MEMDUMP_PYTHON:-/usr/bin/python3}
+# Every program that the tests, the demo and the benchmarks call: nothing is assumed on the machine.
+# libvirt-python is Debian's python3-libvirt (built for the host's libvirt, no compiler needed),
+# seen through a venv with system site packages, as the service role does on real hosts.
+apt_packages=(python3 python3-venv python3-libvirt libvirt-clients influxdb influxdb-client
+  binutils shellcheck curl openssl git tar systemd)
 # Only the real-hypervisor backend needs these (`install test` leaves them out: no QEMU, no libvirtd).
 hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils)
 guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
@@ -46,18 +52,19 @@ cmd_install() {  # [qemu|test]
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Rebuild the venv only when the pinned requirements change.
+  # Rebuild the venv only when the locked requirements change.
   local stamp want
-  want=$( (cat "$repo/tests/requirements.txt" "$repo/service/pyproject.toml" 2>/dev/null || true) | sha256sum | cut -c1-16)
+  want=$(cat "$repo/tests/requirements.lock" "$repo/service/pyproject.toml" <(echo "$python") | sha256sum | cut -c1-16)
   stamp=$(cat "$venv/.memdump-stamp" 2>/dev/null || true)
   if [ "$stamp" != "$want" ]; then
-    log "creating the virtual environment $venv (pip's output: $venv/install.log)"
-    python3 -m venv "$venv"
+    log "creating the virtual environment $venv from tests/requirements.lock (pip's output: $venv/install.log)"
+    rm -rf "$venv"
+    "$python" -m venv --system-site-packages "$venv" || { log "cannot create a venv with $python (python3-venv missing?)"; exit 1; }
     {
-      "$venv/bin/pip" install --upgrade pip &&
-      "$venv/bin/pip" install -r "$repo/tests/requirements.txt" &&
-      { [ ! -f "$repo/service/pyproject.toml" ] || "$venv/bin/pip" install -e "$repo/service[libvirt]"; }
-    } > "$venv/install.log" 2>&1 || { tail -30 "$venv/install.log" >&2; log "venv install failed"; exit 1; }
+      "$venv/bin/pip" install --require-hashes --only-binary :all: -r "$repo/tests/requirements.lock" &&
+      # The service itself, editable; its dependencies and build backend came from the lock above.
+      "$venv/bin/pip" install --no-deps --no-build-isolation -e "$repo/service"
+    } > "$venv/install.log" 2>&1 || { tail -30 "$venv/install.log" >&2; log "venv install failed (see $venv/install.log)"; exit 1; }
     "$venv/bin/python" -c 'import ansible, pytest, libvirt, memdump_service' || { log "venv install failed"; exit 1; }
     echo "$want" > "$venv/.memdump-stamp"
   fi
