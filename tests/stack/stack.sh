@@ -91,6 +91,12 @@ start_libvirtd() {
     chgrp kvm /dev/kvm 2>/dev/null || true
     chmod 0660 /dev/kvm 2>/dev/null || true
   fi
+  # QEMU runs as libvirt-qemu and must reach its own files: a root directory of mode 0700 (as some
+  # chroot builders leave it) makes libvirt fail with "Cannot find suitable emulator for x86_64".
+  if [ $((0$(stat -c %a /) & 1)) = 0 ]; then
+    log "/ is mode $(stat -c %a /): QEMU (user libvirt-qemu) could not reach its files; making it traversable (o+x)"
+    chmod o+x /
+  fi
   if [ -S /run/libvirt/libvirt-sock ] && virsh -c qemu:///system version >/dev/null 2>&1; then
     log "using the libvirtd that is already running"
     return
