@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks in bench/: statistics, services, playbooks, a counting proxy.
 
 Every benchmark uses the real components that the tests use: the memdump service started by the
-integration tests' ``MemdumpService`` (tests/integration/conftest.py), libvirtd with the guests of
+integration tests' ``MemdumpService`` (tests/integration/conftest.py), for the seed-style rows the
+test double of the seed's core service (``CoreServiceDouble``), libvirtd with the guests of
 ``tests/stack/stack.sh up`` and ``bench-up``, real ``ansible-playbook`` runs and InfluxDB.
 Everything listens on and talks to 127.0.0.1 only.
 """
@@ -28,7 +29,7 @@ PLAYBOOKS = os.path.join(REPO, 'bench', 'playbooks')
 VIRSH = ['virsh', '-c', 'qemu:///system']
 
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
-from conftest import MemdumpService, free_port, http_json  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from conftest import CoreServiceDouble, MemdumpService, free_port, http_json  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 # `timeout` (bench/run.sh) sends SIGTERM: unwind, so that `finally` stops services and lifts CPU caps.
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -136,6 +137,14 @@ def start_service(name, libvirt_uri, extra_args=()):
     return svc
 
 
+def start_core_service(name, libvirt_uri):
+    """The test double of the seed's core service (tests/doubles/core_service.py) on a free loopback port,
+    in bench/results/work/<name>: real dumps, the seed's API only (no marker, no long-poll, no DELETE)."""
+    svc = CoreServiceDouble(workdir(name), libvirt_uri)
+    svc.start()
+    return svc
+
+
 def api(url, method, path, body=None, timeout=180):
     """One HTTP call: returns (status, parsed JSON or raw bytes)."""
     check_loopback(url)
@@ -143,7 +152,7 @@ def api(url, method, path, body=None, timeout=180):
 
 
 def find_dump(url, dump_id):
-    """A dump record through the core API (works on a --core-api-only service too)."""
+    """A dump record through the core API (works on the core-service double too)."""
     status, body = api(url, 'GET', '/api/dumps')
     if status != 200:
         raise RuntimeError('GET /api/dumps on %s answered %s: %s' % (url, status, body))

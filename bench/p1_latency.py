@@ -4,8 +4,9 @@ Three clients wait on the same guest, alternating (A B C, B C A, ...):
 
 * ``memdump_wait``: vmforensics.memdump.memdump_trigger + memdump_wait against the service
   (long-poll ``wait``/``marker``);
-* ``seed_poll``: the same two tasks against a ``--core-api-only`` service, so memdump_wait falls
-  back to polling every 5 s, as the seed's client did;
+* ``seed_poll``: the same two tasks against the test double of the seed's core service
+  (tests/doubles/core_service.py), so memdump_wait falls back to polling every 5 s, as the seed's
+  client did;
 * ``uri_until``: ansible.builtin.uri POST, then uri GET with ``until`` / ``delay: 5``;
 * ``module_direct``: the memdump_wait module run as a process exactly as Ansible runs it on a host
   (``python -m ...memdump_wait args.json``), without the controller: its exit is when a host
@@ -38,7 +39,7 @@ def run_module_direct(url, vm):
     dump_id = b.post_dumps(url, [vm])[0]['dump_id']
     args = os.path.join(b.RESULTS, 'p1-args.json')
     with open(args, 'w') as f:
-        json.dump({'ANSIBLE_MODULE_ARGS': {'url': url, 'dumps': [dump_id], 'timeout': 600}}, f)
+        json.dump({'ANSIBLE_MODULE_ARGS': {'url': url, 'dumps': [dump_id], 'wait_timeout': 600}}, f)
     run_env = dict(os.environ, PYTHONPATH=b.collections_path())
     start = time.time()
     proc = subprocess.run([sys.executable, '-m', 'ansible_collections.vmforensics.memdump.plugins.modules.memdump_wait', args],
@@ -119,7 +120,7 @@ def main():
     uri = b.env('MEMDUMP_TEST_LIBVIRT_URI', 'qemu:///system')
     reps = b.int_env('MEMDUMP_BENCH_P1_REPS', 8)
     load_before = b.loadavg()
-    services = {'full': b.start_service('p1-full', uri), 'core': b.start_service('p1-core', uri, ['--core-api-only'])}
+    services = {'full': b.start_service('p1-full', uri), 'core': b.start_core_service('p1-core', uri)}
     proxies = {k: b.CountingProxy(v.url) for k, v in services.items()}
     samples = []
     try:

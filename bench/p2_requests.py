@@ -4,8 +4,8 @@ Three clients run at the same time, each against its own service and guest (so n
 another's state changes), each through a counting proxy on loopback:
 
 * ``memdump_wait``: memdump_trigger + memdump_wait (long-poll ``wait``/``marker``);
-* ``seed_poll``: the same tasks against a ``--core-api-only`` service (the seed's API): memdump_wait
-  polls every 5 s, as the seed's client did;
+* ``seed_poll``: the same tasks against the test double of the seed's core service
+  (tests/doubles/core_service.py, the seed's API): memdump_wait polls every 5 s, as the seed's client did;
 * ``uri_until``: ansible.builtin.uri POST, then uri GET ``until`` with ``delay: 5``.
 
 The dumps are made to last ~60 s by capping the CPU of each guest's QEMU emulator threads
@@ -28,7 +28,7 @@ def main():
     guests = dict(zip(VARIANTS, [b.env('MEMDUMP_BENCH_VM_A'), b.env('MEMDUMP_BENCH_VM_B'), b.env('MEMDUMP_BENCH_VM_RANDOM')]))
     quota = b.int_env('MEMDUMP_BENCH_P2_QUOTA', 1000)
     load_before = b.loadavg()
-    services = {v: b.start_service('p2-' + v, uri, ['--core-api-only'] if v == 'seed_poll' else []) for v in VARIANTS}
+    services = {v: b.start_core_service('p2-' + v, uri) if v == 'seed_poll' else b.start_service('p2-' + v, uri) for v in VARIANTS}
     proxies = {v: b.CountingProxy(services[v].url) for v in VARIANTS}
     outcome = {}
     procs = {}

@@ -110,7 +110,7 @@ def p1_text(r):
            'Each cell: median / p95 / min–max (n).', '',
            '| client | latency | service answer after `finished_at` | answer → task end |', '|---|---|---|---|']
     names = {'memdump_wait': '`memdump_wait` (long-poll)', 'module_direct': '`memdump_wait` module process alone (no controller)',
-             'seed_poll': 'seed-style polling every 5 s (`memdump_wait` vs `--core-api-only`)',
+             'seed_poll': 'seed-style polling every 5 s (`memdump_wait` vs the seed core-API test double)',
              'uri_until': '`uri` + `until`, `delay: 5`'}
     for k in ('memdump_wait', 'module_direct', 'seed_poll', 'uri_until'):
         if k in v:

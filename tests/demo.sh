@@ -51,7 +51,7 @@ missing=()
 for m in memdump_trigger memdump_wait; do
   [ -f "$repo/plugins/modules/$m.py" ] || missing+=("module vmforensics.memdump.$m")
 done
-[ -d "$repo/roles/acquire" ] || missing+=("role vmforensics.memdump.acquire")
+[ -d "$repo/roles/memdump_acquire" ] || missing+=("role vmforensics.memdump.memdump_acquire")
 [ -f "$repo/playbooks/acquire.yml" ] || missing+=("playbook vmforensics.memdump.acquire")
 have_callback=1
 [ -f "$repo/plugins/callback/influxdb.py" ] || have_callback=0

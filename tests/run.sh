@@ -137,7 +137,7 @@ layer_build() {
   # Litter and what only developers use (benchmarks, local builds of the service) stay out.
   bad=$(grep -E '(^|/)(tests/output|\.ansible|\.venv|__pycache__|\.stack|bench|service/build|[^/]*\.egg-info)(/|$)' <<< "$list" | head -5)
   if [ -n "$bad" ]; then echo "build litter in the tarball: $bad"; return 1; fi
-  for f in MANIFEST.json FILES.json plugins/modules/memdump_trigger.py roles/service/tasks/main.yml service/requirements.lock; do
+  for f in MANIFEST.json FILES.json plugins/modules/memdump_trigger.py roles/memdump_service/tasks/main.yml service/requirements.lock; do
     grep -qx "$f" <<< "$list" || { echo "the tarball lacks $f"; return 1; }
   done
   echo "collection tarball is clean ($(wc -l <<< "$list") entries)"

@@ -23,16 +23,16 @@ options:
       - Needed when the service runs with a token; a service without one ignores it.
       - If not set, the environment variable E(MEMDUMP_SERVICE_TOKEN) is used.
     type: str
-  timeout:
+  request_timeout:
     description:
-      - Timeout in seconds of each HTTP request to the service (not of the whole task).
+      - Timeout in seconds of each HTTP request to the service, not of the whole task.
+      - It means the same in every module of the collection, so it can be set once in
+        C(module_defaults) for C(group/vmforensics.memdump.memdump). The deadline of
+        M(vmforensics.memdump.memdump_wait) is its own option,
+        O(vmforensics.memdump.memdump_wait#module:wait_timeout).
       - If not set, the environment variable E(MEMDUMP_SERVICE_TIMEOUT) is used.
-      - The alias O(request_timeout) means the same in every module of the collection; in
-        M(vmforensics.memdump.memdump_wait) O(timeout) is the whole-wait deadline instead, so set
-        O(request_timeout) rather than O(timeout) in C(module_defaults) for the whole group.
     type: float
     default: 30
-    aliases: [request_timeout]
   validate_certs:
     description:
       - Whether to validate the service's TLS certificate when O(url) is C(https://).
@@ -43,18 +43,9 @@ options:
     description:
       - PEM file of the CA certificate(s) that signed the service's TLS certificate.
     type: path
-'''
-
-    # memdump_wait: the per-request timeout keeps its unambiguous name only.
-    WAIT = r'''
-options:
-  request_timeout:
-    description:
-      - Timeout in seconds of each HTTP request to the service (a long-poll request adds the time it
-        asks the service to hold the answer).
-      - If not set, the environment variable E(MEMDUMP_SERVICE_TIMEOUT) is used.
-      - This is the connection option that M(vmforensics.memdump.memdump_trigger) and
-        M(vmforensics.memdump.memdump_info) call O(vmforensics.memdump.memdump_trigger#module:timeout).
-    type: float
-    default: 30
+notes:
+  - The environment variables E(MEMDUMP_SERVICE_URL), E(MEMDUMP_SERVICE_TOKEN) and
+    E(MEMDUMP_SERVICE_TIMEOUT) are read by the module, that is on the managed host where it runs (the
+    hypervisor, or the controller with C(delegate_to=localhost)), not on the controller. The
+    collection's roles read the controller's environment and pass the values as options.
 '''

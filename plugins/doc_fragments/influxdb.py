@@ -6,7 +6,8 @@
 """InfluxDB connection options shared by the ``influxdb`` callback and the ``memdump_records`` module.
 
 One table, two renderings: modules document environment variables in the description (the
-argument spec in ``module_utils/_influxdb.py`` reads them with ``env_fallback``); the callback gets
+argument spec in ``module_utils/_influxdb.py`` reads them with ``env_fallback``; the module's
+``request_timeout`` is the callback's ``timeout``); the callback gets
 the same options with ``env:`` and ``ini:`` entries (section ``callback_influxdb``), which ansible's
 config system reads. Use ``vmforensics.memdump.influxdb`` in a module and
 ``vmforensics.memdump.influxdb.callback`` in the callback.
@@ -43,8 +44,7 @@ _OPTIONS = {
     'measurement': (['Measurement of the dump points. Run points go to the measurement C(<measurement>_run)',
                      '(C(memdump_run) by default).'],
                     'str', 'memdump', ['MEMDUMP_INFLUXDB_MEASUREMENT'], {}),
-    'timeout': (['Seconds an InfluxDB request may take. The callback spends at most this long on InfluxDB',
-                 'once per run, however InfluxDB fails.'],
+    'timeout': (['Seconds an InfluxDB request may take.'],
                 'float', 5, ['MEMDUMP_INFLUXDB_TIMEOUT'], {}),
     'validate_certs': (['Verify the TLS certificate of an C(https) O(url).'],
                        'bool', True, ['MEMDUMP_INFLUXDB_VALIDATE_CERTS'], {}),
@@ -53,9 +53,17 @@ _OPTIONS = {
 }
 
 
+# The module calls its per-request limit ``request_timeout``, as every module of the collection does;
+# the callback's ``timeout`` also bounds all of its InfluxDB work at the end of a run, so it keeps its
+# name (and its ini key). Both read the same environment variable.
+_MODULE_NAMES = {'timeout': 'request_timeout'}
+_CALLBACK_ONLY = {'timeout': ['The callback spends at most this long on InfluxDB once per run, however InfluxDB fails.']}
+
+
 def _module_doc():
     options = {}
     for name, (desc, typ, default, env, extra) in _OPTIONS.items():
+        name = _MODULE_NAMES.get(name, name)
         desc = list(desc)
         if env:
             desc.append('If not set, the environment variable%s %s %s used.' % (
@@ -71,7 +79,7 @@ def _module_doc():
 def _callback_doc():
     options = {}
     for name, (desc, typ, default, env, extra) in _OPTIONS.items():
-        opt = {'description': list(desc), 'type': typ,
+        opt = {'description': list(desc) + _CALLBACK_ONLY.get(name, []), 'type': typ,
                'env': [{'name': e} for e in env],
                'ini': [{'section': 'callback_influxdb', 'key': name}]}
         if default is not None:

@@ -17,7 +17,7 @@ import json
 import socket
 import ssl
 import urllib.error
-from urllib.parse import urlencode, quote
+from urllib.parse import urlencode
 
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import Request, ConnectionError as UrlsConnectionError, SSLValidationError
@@ -194,29 +194,63 @@ class MemdumpClient(object):
             raise
         return data if isinstance(data, dict) else {}
 
+    def features(self):
+        """The optional API features ``/health`` lists (``wait``, ``dry_run``, ...), as a set.
+
+        A service without ``/health`` (404), or one that answers it with an HTTP error or a body that
+        is not JSON, offers none. Connection, TLS and token errors are raised: they say nothing about
+        the service's features.
+        """
+        try:
+            features = self.health().get('features')
+        except (MemdumpConnectionError, MemdumpTLSError, MemdumpAuthError):
+            raise
+        except MemdumpError:
+            return frozenset()
+        if not isinstance(features, list):
+            return frozenset()
+        return frozenset(f for f in features if isinstance(f, str))
+
     def list_dumps(self, vms=None, label=None, state=None, dump_ids=None, wait=None, marker=None):
-        """``GET /api/dumps`` with filters; returns ``(dumps, marker or None, raw answer)``.
+        """One ``GET /api/dumps`` with filters (its first page); returns ``(dumps, marker or None)``.
 
         With ``wait`` and ``marker`` the service holds the answer until a dump changes state.
         """
+        dumps, marker, dummy = self._get_dumps(vms, label, state, dump_ids, wait, marker)
+        return dumps, marker
+
+    def list_all_dumps(self, vms=None, label=None, state=None, dump_ids=None):
+        """``GET /api/dumps`` page by page (``before`` = the answer's ``next_before``); returns every dump.
+
+        A service that does not page answers without ``next_before``: one request.
+        """
+        dumps, dummy, next_before = self._get_dumps(vms, label, state, dump_ids)
+        asked = set()
+        while next_before and next_before not in asked:  # a page that points at itself ends the walk
+            asked.add(next_before)
+            page, dummy, next_before = self._get_dumps(vms, label, state, dump_ids, before=next_before)
+            dumps.extend(page)
+        return dumps
+
+    def _get_dumps(self, vms=None, label=None, state=None, dump_ids=None, wait=None, marker=None, before=None):
         query = [('vm', vm) for vm in (vms or [])]
         query += [('dump_id', dump_id) for dump_id in (dump_ids or [])]
-        query += [('label', label), ('state', state)]
+        query += [('label', label), ('state', state), ('before', before)]
         timeout = None
         if wait and marker is not None:
             wait = min(float(wait), MAX_SERVER_WAIT)
             query += [('wait', '%g' % wait), ('marker', marker)]
             timeout = wait + self.timeout
         dummy, answer = self.request('GET', '/api/dumps', query=query, timeout=timeout)
-        return dumps_of(answer), marker_of(answer), answer
+        next_before = answer.get('next_before') if isinstance(answer, dict) else None
+        return dumps_of(answer), marker_of(answer), next_before if isinstance(next_before, str) else None
 
-    def get_dump(self, dump_id):
-        """``GET /api/dumps/{dump_id}``; returns the record."""
-        dummy, answer = self.request('GET', '/api/dumps/%s' % quote(dump_id, safe=''))
-        return answer
+    def create_dumps(self, vms, label=None, fmt=None, force=False, request_id=None, dry_run=False):
+        """``POST /api/dumps``; returns the records, in the order of ``vms``.
 
-    def create_dumps(self, vms, label=None, fmt=None, force=False, request_id=None):
-        """``POST /api/dumps``; returns ``(dumps, marker or None)``."""
+        With ``dry_run`` the service creates nothing and answers what it would do; only send it to a
+        service whose ``/health`` lists the ``dry_run`` feature (others ignore the field and dump).
+        """
         body = {'vms': list(vms), 'force': bool(force)}
         if label:
             body['label'] = label
@@ -224,5 +258,7 @@ class MemdumpClient(object):
             body['format'] = fmt
         if request_id:
             body['request_id'] = request_id
+        if dry_run:
+            body['dry_run'] = True
         dummy, answer = self.request('POST', '/api/dumps', body=body)
-        return dumps_of(answer), marker_of(answer)
+        return dumps_of(answer)

@@ -70,7 +70,8 @@ def influxdb_argument_spec():
         bucket=dict(type='str', fallback=env('bucket')),
         token=dict(type='str', no_log=True, fallback=env('token')),
         measurement=dict(type='str', fallback=env('measurement'), default=DEFAULT_MEASUREMENT),
-        timeout=dict(type='float', fallback=env('timeout'), default=DEFAULT_TIMEOUT),
+        # The callback's option ``timeout`` (module options name every per-request limit request_timeout).
+        request_timeout=dict(type='float', fallback=env('timeout'), default=DEFAULT_TIMEOUT),
         validate_certs=dict(type='bool', fallback=env('validate_certs'), default=True),
         ca_path=dict(type='path', fallback=env('ca_path')),
     )

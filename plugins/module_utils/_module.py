@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
@@ -19,16 +20,16 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._client import
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
     MemdumpClient,
+    MemdumpError,
 )
 
-# The connection options, defined once. ``timeout`` is the per-request timeout; memdump_wait uses
-# ``timeout`` for its whole-wait deadline and keeps the per-request one as ``request_timeout``
-# (every module accepts ``request_timeout``, so ``module_defaults`` can set it for the whole group).
+# The connection options of every module, defined once. The per-request limit is
+# ``request_timeout`` everywhere; no module has an option called ``timeout``, so a group
+# ``module_defaults`` entry can never be read as memdump_wait's deadline (``wait_timeout``).
 CONNECTION_ARGSPEC = dict(
     url=dict(type='str', default=DEFAULT_URL, fallback=(env_fallback, ['MEMDUMP_SERVICE_URL'])),
     token=dict(type='str', no_log=True, fallback=(env_fallback, ['MEMDUMP_SERVICE_TOKEN'])),
-    timeout=dict(type='float', default=DEFAULT_TIMEOUT, aliases=['request_timeout'],
-                 fallback=(env_fallback, ['MEMDUMP_SERVICE_TIMEOUT'])),
+    request_timeout=dict(type='float', default=DEFAULT_TIMEOUT, fallback=(env_fallback, ['MEMDUMP_SERVICE_TIMEOUT'])),
     validate_certs=dict(type='bool', default=True),
     ca_path=dict(type='path'),
 )
@@ -41,20 +42,12 @@ def generate_argspec(**extra):
     return spec
 
 
-def wait_argspec(**extra):
-    """Argument spec for memdump_wait: ``timeout`` is the wait deadline, ``request_timeout`` per request."""
-    spec = copy.deepcopy(CONNECTION_ARGSPEC)
-    per_request = spec.pop('timeout')
-    per_request.pop('aliases')
-    spec['request_timeout'] = per_request
-    spec.update(extra)
-    return spec
-
-
 class MemdumpModule(AnsibleModule):
-    """An AnsibleModule with a :class:`MemdumpClient` built from the connection options."""
+    """An AnsibleModule with a :class:`MemdumpClient` built from the connection options.
 
-    request_timeout_option = 'timeout'
+    :meth:`run` owns the error path: a :class:`MemdumpError` becomes ``fail_json`` here, once for
+    every module.
+    """
 
     def __init__(self, *args, **kwargs):
         super(MemdumpModule, self).__init__(*args, **kwargs)
@@ -71,11 +64,18 @@ class MemdumpModule(AnsibleModule):
         gc.freeze()
         super(MemdumpModule, self).fail_json(msg, **kwargs)
 
+    def run(self, fn):
+        """Calls ``fn(self)``, which ends with ``exit_json``; a MemdumpError fails the task with its URL and HTTP status."""
+        try:
+            fn(self)
+        except MemdumpError as e:
+            self.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+
     @property
     def client(self):
         if self._client is None:
             params = self.params
             self._client = MemdumpClient(
-                url=params['url'], token=params['token'], timeout=params[self.request_timeout_option],
+                url=params['url'], token=params['token'], timeout=params['request_timeout'],
                 validate_certs=params['validate_certs'], ca_path=params['ca_path'])
         return self._client

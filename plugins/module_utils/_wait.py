@@ -7,12 +7,15 @@
 
 For internal collection use only: this is not a public API and may change without notice.
 
-A monotonic deadline; long-polls (``wait`` + ``marker``) when the service's answers carry a
-``marker``, interval polling otherwise; transient connection errors are retried until the deadline.
+A monotonic deadline; the strategy comes from what the service says it supports (its ``/health``
+``features``), never from how long its answers take: long-polls (``wait`` + ``marker``) when it
+lists ``wait``, a request every ``wait_sleep`` seconds otherwise. Transient connection errors are
+retried until the deadline.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
@@ -50,18 +53,18 @@ def describe_pending(record):
 class DumpWaiter(object):
     """Waits until every dump id in ``dump_ids`` is ``completed`` or ``failed``.
 
-    ``fetch(dump_ids, wait, marker)`` returns ``(records, marker)``; it is
-    :meth:`MemdumpClient.list_dumps` in the modules and a fake in unit tests.
+    ``fetch(dump_ids, wait, marker)`` returns ``(records, marker)``; ``holds_requests()`` says whether
+    the service holds a long-poll (its ``/health`` lists ``wait``). memdump_wait builds them on
+    :meth:`MemdumpClient.list_dumps` and :meth:`MemdumpClient.features`; unit tests pass fakes.
     """
 
-    def __init__(self, fetch, timeout, poll_interval, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, fetch, holds_requests, wait_timeout, wait_sleep, clock=time.monotonic, sleep=time.sleep):
         self.fetch = fetch
-        self.timeout = float(timeout)
-        self.poll_interval = max(float(poll_interval), 0.01)
+        self.holds_requests = holds_requests
+        self.wait_timeout = float(wait_timeout)
+        self.wait_sleep = max(float(wait_sleep), 0.01)
         self.clock = clock
         self.sleep = sleep
-        self.requests = 0
-        self.long_polls = 0
         self.last_error = None
 
     def _sleep_until(self, deadline, seconds):
@@ -81,56 +84,60 @@ class DumpWaiter(object):
         unknown ids at once); it may raise.
         """
         start = self.clock()
-        deadline = start + self.timeout
+        deadline = start + self.wait_timeout
         records = {}
+
+        def give_up():
+            self._timeout(dump_ids, records, start, url)
+
         marker = None
+        holds = None
         while True:
-            remaining = deadline - self.clock()
             server_wait = None
-            if marker is not None and remaining > 0:
-                server_wait = min(remaining, MAX_SERVER_WAIT)
-            asked = self.clock()
-            try:
-                found, new_marker = self.fetch(dump_ids, server_wait, marker)
-                self.requests += 1
-                self.last_error = None
-                if server_wait:
-                    self.long_polls += 1
-            except MemdumpConnectionError as e:
-                # Transient: the service restarts, the network blips. Retry until the deadline.
-                self.last_error = e
-                if self.clock() >= deadline:
-                    self._timeout(dump_ids, records, start, url)
-                self._sleep_until(deadline, self.poll_interval)
-                continue
+            if holds and marker is not None:
+                server_wait = min(deadline - self.clock(), MAX_SERVER_WAIT)
+                if server_wait <= 0:
+                    server_wait = None
+            found, marker = self._until_reachable(
+                functools.partial(self.fetch, dump_ids, server_wait, marker if server_wait else None), deadline, give_up)
             if on_first is not None:
                 on_first(found)
                 on_first = None
-            changed = any((records.get(r['dump_id']) or {}).get('state') != r.get('state') for r in found)
             for record in found:
                 records[record['dump_id']] = record
             if all(dump_id in records and is_done(records[dump_id]) for dump_id in dump_ids):
                 return records, self.clock() - start
             if self.clock() >= deadline:
-                self._timeout(dump_ids, records, start, url)
-            if new_marker is None:
-                marker = None
-                self._sleep_until(deadline, self.poll_interval)
-            else:
-                # A holding service answers an unchanged marker only when its hold expires, which is
-                # longer than the poll interval. Sooner means it does not hold (however slow the link
-                # is): keep the poll interval between requests instead of spinning.
-                took = self.clock() - asked
-                if server_wait and new_marker == marker and not changed and took < self.poll_interval:
-                    self._sleep_until(deadline, self.poll_interval - took)
-                marker = new_marker
+                give_up()
+            if holds is None:
+                # Asked only once something is still pending, so that dumps already final cost one
+                # request (docs/performance.md, P5).
+                holds = bool(self._until_reachable(self.holds_requests, deadline, give_up))
+            if not (holds and marker is not None):
+                self._sleep_until(deadline, self.wait_sleep)
+            # Otherwise ask again at once: a held answer means a dump changed state or the hold expired.
+
+    def _until_reachable(self, call, deadline, give_up):
+        """``call()``, again every ``wait_sleep`` seconds while the connection fails; ``give_up()`` at the deadline."""
+        while True:
+            try:
+                result = call()
+            except MemdumpConnectionError as e:
+                # Transient: the service restarts, the network blips.
+                self.last_error = e
+                if self.clock() >= deadline:
+                    give_up()
+                self._sleep_until(deadline, self.wait_sleep)
+                continue
+            self.last_error = None
+            return result
 
     def _timeout(self, dump_ids, records, start, url):
         elapsed = self.clock() - start
         pending = [records.get(dump_id) or {'dump_id': dump_id, 'state': 'unknown'}
                    for dump_id in dump_ids if not is_done(records.get(dump_id) or {})]
-        msg = 'timed out after %.1f s (timeout=%g) waiting for %d dump(s) on %s; still pending: %s' % (
-            elapsed, self.timeout, len(pending), url, ', '.join(describe_pending(r) for r in pending))
+        msg = 'timed out after %.1f s (wait_timeout=%g) waiting for %d dump(s) on %s; still pending: %s' % (
+            elapsed, self.wait_timeout, len(pending), url, ', '.join(describe_pending(r) for r in pending))
         if self.last_error is not None:
             msg += '; last error: %s' % self.last_error
         raise WaitTimeout(msg, records, elapsed)

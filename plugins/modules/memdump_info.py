@@ -14,8 +14,11 @@ description:
   - Returns the dumps known to the memdump service, all of them or filtered by O(vms), O(dump_ids),
     O(label) and O(state), newest first, and the service's health (libvirt connection, queue,
     supported formats and features).
-  - An unreachable service is not a task failure; RV(service.status) is V(unavailable) and
-    RV(service.error) says why. A rejected token (HTTP 401) still fails the task.
+  - A service that answers in pages (C(next_before)) is read page by page until the last one.
+  - An unavailable service (unreachable, an untrusted TLS certificate, or a service that cannot reach
+    libvirt) is not a task failure unless O(fail_on_unavailable=true). RV(service.status) is then
+    V(unavailable), RV(service.error) says why, and a warning names the URL and the reason.
+    A rejected token (HTTP 401) always fails the task.
   - Never changes anything; C(changed) is always V(false).
 author:
   - vmforensics maintainers (@vmforensics)
@@ -51,6 +54,13 @@ options:
     description: Only dumps in this state.
     type: str
     choices: [queued, running, completed, failed]
+  fail_on_unavailable:
+    description:
+      - Fail the task when RV(service.status) is V(unavailable) (the service can not be reached, its
+        TLS certificate is not trusted, or it can not reach libvirt), instead of returning it with a
+        warning.
+    type: bool
+    default: false
 seealso:
   - module: vmforensics.memdump.memdump_trigger
   - module: vmforensics.memdump.memdump_wait
@@ -63,16 +73,15 @@ EXAMPLES = r'''
   module_defaults:
     group/vmforensics.memdump.memdump:
       url: https://{{ inventory_hostname }}:5001
-      token: "{{ memdump_token }}"
+      token: "{{ memdump_service_token }}"
   tasks:
-    - name: Is the service up, and can it reach libvirt?
+    - name: Stop here unless the service is up and can reach libvirt
+      vmforensics.memdump.memdump_info:
+        fail_on_unavailable: true
+
+    - name: Report the service's state without failing (a warning says when it is unavailable)
       vmforensics.memdump.memdump_info:
       register: svc
-
-    - name: Stop here when it is not
-      ansible.builtin.assert:
-        that: svc.service.status == 'ok'
-        fail_msg: "memdump service: {{ svc.service.error | default(svc.service.libvirt.error) }}"
 
     - name: The incident's completed dumps
       vmforensics.memdump.memdump_info:
@@ -93,7 +102,7 @@ RETURN = r'''
 dumps:
   description:
     - The matching dump records, newest first, with every field the service returns (see the
-      service's API documentation). Empty if the service is unavailable.
+      service's API documentation). Empty if the service can not be reached.
   returned: always
   type: list
   elements: dict
@@ -120,7 +129,7 @@ service:
   contains:
     status:
       description:
-        - V(ok), or V(unavailable) when the service can not be reached or can not reach libvirt.
+        - V(ok), or V(unavailable) when the service can not be reached, its TLS certificate is not trusted, or it can not reach libvirt.
         - V(unknown) for a service that offers no health route.
       type: str
       sample: ok
@@ -167,12 +176,9 @@ service:
       sample: false
 '''
 
-import traceback
-
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
     STATES,
     MemdumpConnectionError,
-    MemdumpError,
     MemdumpHTTPError,
     MemdumpTLSError,
 )
@@ -193,6 +199,14 @@ def service_health(client):
     return health
 
 
+def unavailable_reason(service):
+    """Why the service is unavailable, for the warning or the failure."""
+    libvirt = service.get('libvirt')
+    if 'error' not in service and isinstance(libvirt, dict):
+        return 'it can not reach libvirt: %s' % (libvirt.get('error') or 'not connected')
+    return service.get('error') or 'no reason given'
+
+
 def run(module):
     params = module.params
     client = module.client
@@ -201,13 +215,18 @@ def run(module):
     if service['status'] != 'unavailable' or 'libvirt' in service:
         # A service that cannot reach libvirt still knows its dumps.
         try:
-            dumps, dummy, dummy2 = client.list_dumps(vms=params['vms'], label=params['label'], state=params['state'],
-                                                     dump_ids=params['dump_ids'])
+            dumps = client.list_all_dumps(vms=params['vms'], label=params['label'], state=params['state'],
+                                          dump_ids=params['dump_ids'])
         except MemdumpConnectionError as e:
             service = {'status': 'unavailable', 'url': client.url, 'error': e.msg}
         else:
             if service['status'] == 'unknown':
                 service['status'] = 'ok'
+    if service['status'] == 'unavailable':
+        msg = 'the memdump service at %s is unavailable: %s' % (client.url, unavailable_reason(service))
+        if params['fail_on_unavailable']:
+            module.fail_json(msg=msg, service=service, dumps=dumps)
+        module.warn(msg)
     # A service with only the core API may ignore some filters: apply them again.
     checks = [('vm', params['vms']), ('dump_id', params['dump_ids']),
               ('label', [params['label']] if params['label'] else None),
@@ -227,12 +246,10 @@ def main():
         dump_ids=dict(type='list', elements='str'),
         label=dict(type='str'),
         state=dict(type='str', choices=list(STATES)),
+        fail_on_unavailable=dict(type='bool', default=False),
     )
     module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)
-    try:
-        run(module)
-    except MemdumpError as e:
-        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+    module.run(run)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,9 @@ description:
   - Each dump is returned once, as its newest point (a dump seen C(running) in one run and C(completed)
     in a later one is returned C(completed)). O(state) applies to that newest state.
   - Runs where InfluxDB is reachable; usually on the controller (C(delegate_to=localhost), C(run_once=true)).
-  - Uses the same connection options, and environment variables, as the callback.
+  - Uses the same connection options, and environment variables, as the callback, except that the
+    callback's O(vmforensics.memdump.influxdb#callback:timeout) is O(request_timeout) here (the limit of
+    each request, as in every module of the collection).
   - Read-only. With O(api=v2) the query goes to the v1 compatibility C(/query) API with the token.
 author:
   - vmforensics maintainers (@vmforensics)
@@ -310,7 +312,7 @@ def run(module):
     api = resolve_api(p['api'], bucket=p['bucket'], org=p['org'])
     database = p['bucket'] if api == 'v2' else p['database']
     client = InfluxDBv1(p['url'], database, retention_policy=p['retention_policy'], username=p['username'],
-                        password=p['password'], timeout=p['timeout'], validate_certs=p['validate_certs'],
+                        password=p['password'], timeout=p['request_timeout'], validate_certs=p['validate_certs'],
                         ca_path=p['ca_path'], token=p['token'] if api == 'v2' else None)
     try:
         rows = series_rows(client.query(query))

@@ -12,16 +12,25 @@ short_description: Start memory dumps of libvirt VMs through the memdump service
 version_added: 0.1.0
 description:
   - Asks the memdump service on a libvirt host to dump the memory of one or more virtual machines.
-  - Idempotent per VM, following the service's reuse rules. A VM with a dump in flight
+  - Idempotent per VM, following the service's reuse rules, which the service alone applies; the
+    module sends one request and reports what the service answers. A VM with a dump in flight
     (C(queued) or C(running)) gets that dump back, never a second one. With O(label) and without
     O(force), a VM that already has a C(completed) dump with that label gets it back. Otherwise a new
     dump is started; a VM whose last dump with the label C(failed) is dumped again.
-  - The task reports C(changed) only if at least one new dump was started.
-  - A POST retried after a dropped connection carries the same C(request_id) (a UUID chosen once per
-    task run), so a retry can not start a second dump.
+  - The task reports C(changed) if the service says it started at least one new dump
+    (RV(dumps[].created)).
+  - A request retried after a dropped connection carries the same C(request_id) (a UUID chosen once
+    per task run), so a retry can not start a second dump.
   - Returns at once; use M(vmforensics.memdump.memdump_wait) to wait for the dumps to finish.
-  - In check mode no dump is started; the service's current dumps are read and the result predicts
-    C(changed) and which VMs would get a new dump (their RV(dumps[].dump_id) is V(null)).
+  - In check mode no dump is started. If the service's C(/health) lists the C(dry_run) feature, the
+    module asks the service what it would do (C(dry_run) request) and reports that; VMs that would
+    get a new dump have RV(dumps[].dump_id) V(null).
+  - In check mode against a service without the C(dry_run) feature (a service with only the core
+    API) nothing is sent that could start a dump, because such a service ignores C(dry_run) and would
+    dump. Every VM is then reported as one that would get a new dump, so the prediction may say
+    C(changed) where the real run reuses dumps.
+  - A service with only the core API does not say whether it started a dump (no C(created) in its
+    answer) and starts one per request; its records are reported as created.
 author:
   - vmforensics maintainers (@vmforensics)
 extends_documentation_fragment:
@@ -38,6 +47,8 @@ attributes:
     details:
       - Idempotent when O(label) is set and O(force=false). Without a label every run whose VMs have no
         dump in flight starts new dumps.
+      - Against a service with only the core API every run reports C(changed).
+      - In check mode, a service without the C(dry_run) feature gets every VM predicted as changed.
 options:
   vms:
     description:
@@ -81,7 +92,7 @@ EXAMPLES = r'''
   module_defaults:
     group/vmforensics.memdump.memdump:
       url: https://{{ inventory_hostname }}:5001
-      token: "{{ memdump_token }}"
+      token: "{{ memdump_service_token }}"
       ca_path: /etc/pki/memdump/ca.pem
   tasks:
     - name: Start the dumps (only where IR-2026-042 has none yet)
@@ -95,7 +106,7 @@ EXAMPLES = r'''
     - name: Wait for them
       vmforensics.memdump.memdump_wait:
         dumps: "{{ trigger.dumps }}"
-        timeout: 1800
+        wait_timeout: 1800
       register: done
 
     - name: Show where the images are
@@ -138,7 +149,9 @@ dumps:
       type: str
       sample: queued
     created:
-      description: Whether this task started the dump (in check mode, whether it would).
+      description:
+        - Whether this task started the dump (in check mode, whether it would), as the service says.
+        - V(true) when the service's answer does not say (a service with only the core API).
       type: bool
       sample: true
     label:
@@ -178,15 +191,9 @@ request_id:
 '''
 
 import time
-import traceback
 import uuid
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
-    FORMATS,
-    PENDING_STATES,
-    MemdumpConnectionError,
-    MemdumpError,
-)
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import FORMATS, MemdumpConnectionError
 from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
 
 # A POST whose connection dropped is sent again (same request_id) this many times in all.
@@ -199,40 +206,23 @@ def unique(items):
     return [x for x in items if not (x in seen or seen.add(x))]
 
 
-def newest_by_vm(records, vms, predicate):
-    """The newest record per VM (answers are newest first) that satisfies predicate."""
-    found = {}
-    for record in records:
-        vm = record.get('vm')
-        if vm in vms and vm not in found and predicate(record):
-            found[vm] = record
-    return found
-
-
-def plan(client, vms, label, force):
-    """Read the service's state: ``(reused records by VM, VMs that need a new dump, ids known before)``."""
-    # One read of every dump of these VMs serves both reuse rules, so a re-run costs one request.
-    current, dummy, dummy2 = client.list_dumps(vms=vms)
-    known = set(r.get('dump_id') for r in current)
-    reused = newest_by_vm(current, vms, lambda r: r.get('state') in PENDING_STATES)
-    if label and not force:
-        missing = [vm for vm in vms if vm not in reused]
-        # A service with only the core API keeps no labels: its dumps never match, so they are
-        # dumped again rather than mistaken for this incident's evidence.
-        reused.update(newest_by_vm(
-            current, missing, lambda r: r.get('state') == 'completed' and r.get('label') == label))
-    return reused, [vm for vm in vms if vm not in reused], known
-
-
-def post_with_retry(client, vms, label, fmt, force, request_id, sleep=time.sleep):
+def post_with_retry(client, vms, label, fmt, force, request_id=None, dry_run=False, sleep=time.sleep):
     for attempt in range(1, POST_ATTEMPTS + 1):
         try:
-            return client.create_dumps(vms, label=label, fmt=fmt, force=force, request_id=request_id)
+            return client.create_dumps(vms, label=label, fmt=fmt, force=force, request_id=request_id, dry_run=dry_run)
         except MemdumpConnectionError:
             if attempt == POST_ATTEMPTS:
                 raise
             sleep(POST_RETRY_DELAY * attempt)
     raise AssertionError('unreachable')  # pragma: no cover
+
+
+def predict(client, vms, label, fmt, force):
+    """Check mode: the service's own answer to a dry run, or "every VM gets a new dump" without one."""
+    if 'dry_run' in client.features():
+        return post_with_retry(client, vms, label, fmt, force, dry_run=True)
+    # A service without the feature would ignore dry_run and really dump: send nothing.
+    return [{'vm': vm, 'dump_id': None, 'state': None, 'label': label, 'format': fmt, 'created': True} for vm in vms]
 
 
 def run(module):
@@ -243,36 +233,30 @@ def run(module):
     if not vms:
         module.fail_json(msg='vms must name at least one VM')
 
-    reused, need, known = plan(client, vms, label, force)
-    records = {}
-    for vm, record in reused.items():
-        records[vm] = dict(record, created=False)
     request_id = None
-    if need:
-        if module.check_mode:
-            for vm in need:
-                records[vm] = {'vm': vm, 'dump_id': None, 'state': None, 'label': label, 'format': fmt, 'created': True}
-        else:
-            request_id = str(uuid.uuid4())
-            created, dummy = post_with_retry(client, need, label, fmt, force, request_id)
-            by_vm = dict((r.get('vm'), r) for r in created)
-            for vm in need:
-                record = by_vm.get(vm)
-                if record is None:
-                    module.fail_json(msg='the memdump service at %s did not return a dump for VM %s (request_id %s)'
-                                     % (client.url, vm, request_id), dumps=created)
-                if 'created' not in record:  # a service with only the core API does not say
-                    record = dict(record, created=record.get('dump_id') not in known)
-                records[vm] = record
+    if module.check_mode:
+        answer = predict(client, vms, label, fmt, force)
+    else:
+        request_id = str(uuid.uuid4())
+        answer = post_with_retry(client, vms, label, fmt, force, request_id=request_id)
+    by_vm = dict((r.get('vm'), r) for r in answer if isinstance(r, dict))
+    dumps = []
+    for vm in vms:
+        record = by_vm.get(vm)
+        if record is None:
+            module.fail_json(msg='the memdump service at %s did not return a dump for VM %s%s'
+                             % (client.url, vm, ' (request_id %s)' % request_id if request_id else ''), dumps=answer)
+        if 'created' not in record:  # a service with only the core API starts a dump per request
+            record = dict(record, created=True)
+        dumps.append(record)
 
-    dumps = [records[vm] for vm in vms]
-    created_vms = [r['vm'] for r in dumps if r.get('created')]
+    created_vms = [r['vm'] for r in dumps if r['created']]
     module.exit_json(
         changed=bool(created_vms),
         dumps=dumps,
         dump_ids=dict((r['vm'], r.get('dump_id')) for r in dumps),
         created=created_vms,
-        request_id=request_id,
+        request_id=request_id if created_vms else None,
     )
 
 
@@ -284,10 +268,7 @@ def main():
         force=dict(type='bool', default=False),
     )
     module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)
-    try:
-        run(module)
-    except MemdumpError as e:
-        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+    module.run(run)
 
 
 if __name__ == '__main__':

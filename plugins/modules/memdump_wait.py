@@ -15,12 +15,15 @@ description:
     (path, size, SHA-256, timings).
   - Name the dumps with O(dumps) (what M(vmforensics.memdump.memdump_trigger) registered) or with
     O(vms) and O(label) (the newest dump of each VM with that label).
-  - Against a service that offers waiting for changes, one request is held by the service until a
-    dump changes state, so completion is noticed within milliseconds. Against a service with only
-    the core API it polls every O(poll_interval) seconds.
-  - Connection errors during the wait (the service restarts, the network drops) are retried until
-    the deadline.
-  - Fails when O(timeout) passes, naming every VM still pending with its state and progress, and
+  - The first request reads the dumps; if all are final, that is the only request. Otherwise the
+    module asks the service's C(/health) once which optional features it offers.
+  - When the C(features) of C(/health) include C(wait), each request is held by the service until a
+    dump changes state (at most 60 seconds) and asked again at once, so completion is noticed within
+    milliseconds. Otherwise (a service with only the core API, a C(/health) that answers 404 or
+    something other than JSON) it asks every O(wait_sleep) seconds.
+  - Connection errors during the wait (the service restarts, the network drops), also on C(/health),
+    are retried every O(wait_sleep) seconds until the deadline.
+  - Fails when O(wait_timeout) passes, naming every VM still pending with its state and progress, and
     when a dump failed, naming each VM and the service's reason, unless O(allow_failed=true).
   - Never changes anything; C(changed) is always V(false).
   - In check mode, returns the current state at once without waiting and without failing for
@@ -30,7 +33,6 @@ author:
   - vmforensics maintainers (@vmforensics)
 extends_documentation_fragment:
   - vmforensics.memdump.connection
-  - vmforensics.memdump.connection.wait
   - vmforensics.memdump.attributes
   - vmforensics.memdump.attributes.actiongroup
 attributes:
@@ -41,11 +43,9 @@ attributes:
   idempotent:
     support: full
 notes:
-  - In this module O(timeout) is the deadline of the whole wait, as in C(ansible.builtin.wait_for).
-    The per-request timeout that the other modules of the collection call O(timeout) is
-    O(request_timeout) here (environment variable E(MEMDUMP_SERVICE_TIMEOUT)). Every module accepts
-    O(request_timeout), so set that name in C(module_defaults) for C(group/vmforensics.memdump.memdump);
-    a group default C(timeout) would become this module's deadline.
+  - O(wait_timeout) is the deadline of the whole wait; O(request_timeout) limits each HTTP request
+    (a held request adds the time it asks the service to hold it). The names follow
+    C(kubernetes.core); no module of the collection has an option called C(timeout).
 options:
   dumps:
     description:
@@ -68,17 +68,17 @@ options:
         every VM that has a dump with this label.
       - Mutually exclusive with O(dumps).
     type: str
-  timeout:
+  wait_timeout:
     description:
       - Deadline in seconds for the whole wait.
-      - This is not the per-request timeout of the connection options, see O(request_timeout).
+      - Not the limit of each HTTP request, which is O(request_timeout).
     type: float
     default: 3600
-    aliases: [wait_timeout]
-  poll_interval:
+  wait_sleep:
     description:
-      - Seconds between two requests, used only when the service does not support waiting for
-        changes (a service with only the core API), and between retries after a connection error.
+      - Seconds between two requests when the service does not hold requests (its C(/health) does not
+        list the C(wait) feature), and between retries after a connection error.
+      - A service that holds requests is asked again as soon as a held answer comes back.
     type: float
     default: 5
   allow_failed:
@@ -98,7 +98,7 @@ EXAMPLES = r'''
   module_defaults:
     group/vmforensics.memdump.memdump:
       url: https://{{ inventory_hostname }}:5001
-      token: "{{ memdump_token }}"
+      token: "{{ memdump_service_token }}"
       request_timeout: 20
   tasks:
     - name: Start the dumps
@@ -110,7 +110,7 @@ EXAMPLES = r'''
     - name: Wait up to 30 minutes for both
       vmforensics.memdump.memdump_wait:
         dumps: "{{ trigger.dumps }}"
-        timeout: 1800
+        wait_timeout: 1800
       register: done
 
     - name: Record the hashes
@@ -236,12 +236,9 @@ elapsed:
   sample: 0.41
 '''
 
-import traceback
-
 from ansible.module_utils.common.text.converters import to_text
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._client import MemdumpError
-from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, wait_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
 from ansible_collections.vmforensics.memdump.plugins.module_utils._wait import DumpWaiter, WaitTimeout
 
 
@@ -283,7 +280,7 @@ def targets_from_dumps(module, value):
 
 
 def targets_from_vms(module, client, vms, label):
-    records, dummy, dummy2 = client.list_dumps(vms=vms, label=label)
+    records = client.list_all_dumps(vms=vms, label=label)
     newest = {}
     for record in records:  # newest first
         if label and record.get('label', label) != label:
@@ -341,11 +338,14 @@ def run(module):
                                  % ', '.join(unknown))
 
     def fetch(dump_ids, wait, marker):
-        records, new_marker, dummy = client.list_dumps(dump_ids=dump_ids, wait=wait, marker=marker)
+        records, new_marker = client.list_dumps(dump_ids=dump_ids, wait=wait, marker=marker)
         wanted = set(dump_ids)
         return [r for r in records if r.get('dump_id') in wanted], new_marker
 
-    waiter = DumpWaiter(fetch, params['timeout'], params['poll_interval'])
+    def holds_requests():
+        return 'wait' in client.features()
+
+    waiter = DumpWaiter(fetch, holds_requests, params['wait_timeout'], params['wait_sleep'])
 
     def reject_unknown(found):
         known = set(r.get('dump_id') for r in found)
@@ -379,12 +379,12 @@ def run(module):
 
 
 def main():
-    argument_spec = wait_argspec(
+    argument_spec = generate_argspec(
         dumps=dict(type='raw'),
         vms=dict(type='list', elements='str', aliases=['vm_ids']),
         label=dict(type='str'),
-        timeout=dict(type='float', default=3600, aliases=['wait_timeout']),
-        poll_interval=dict(type='float', default=5),
+        wait_timeout=dict(type='float', default=3600),
+        wait_sleep=dict(type='float', default=5),
         allow_failed=dict(type='bool', default=False),
     )
     module = MemdumpModule(
@@ -393,11 +393,7 @@ def main():
         required_one_of=[('dumps', 'vms', 'label')],
         supports_check_mode=True,
     )
-    module.request_timeout_option = 'request_timeout'
-    try:
-        run(module)
-    except MemdumpError as e:
-        module.fail_json(msg=e.msg, url=e.url, status=e.status, exception=traceback.format_exc())
+    module.run(run)
 
 
 if __name__ == '__main__':

@@ -12,8 +12,6 @@ DEFAULT_STATE_FILE = "/var/lib/memdump/state.sqlite3"
 DEFAULT_MAX_PARALLEL = 2
 
 HASH_MODES = ("fifo", "after")
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 class ConfigError(ValueError):
@@ -32,7 +30,6 @@ class Settings:
     token_file: t.Optional[str] = None
     tls_cert: t.Optional[str] = None
     tls_key: t.Optional[str] = None
-    core_api_only: bool = False
     log_level: str = "INFO"
     # How ELF images are hashed on a real hypervisor: "fifo" (libvirt writes into a FIFO that the service drains,
     # hashing and writing in one pass) or "after" (libvirt writes the file, the service reads it back to hash it).
@@ -83,16 +80,6 @@ def split_listen(listen: str) -> t.Tuple[str, int]:
     return host, int(port)
 
 
-def env_bool(value: str) -> bool:
-    """Read a boolean environment value."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ConfigError(f"expected a boolean, got {value!r}")
-
-
 def build_parser(environ: t.Mapping[str, str]) -> argparse.ArgumentParser:
     """The argument parser; defaults come from MEMDUMP_<OPTION> variables in environ."""
 
@@ -113,8 +100,6 @@ def build_parser(environ: t.Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--token-file", default=env("TOKEN_FILE", None), help="file holding the bearer token required on /api routes")
     parser.add_argument("--tls-cert", default=env("TLS_CERT", None), help="PEM certificate for HTTPS")
     parser.add_argument("--tls-key", default=env("TLS_KEY", None), help="PEM private key for HTTPS")
-    parser.add_argument("--core-api-only", action="store_true", default=env_bool(env("CORE_API_ONLY", "")),
-                        help="serve only the seed's core API (no marker, wait, label, request_id; for client compatibility tests)")
     parser.add_argument("--hash-mode", choices=HASH_MODES, default=env("HASH_MODE", "fifo"),
                         help="how ELF images are hashed: fifo (stream through a FIFO, one pass) or after (hash the finished "
                         "file, one extra read) (default %(default)s)")
@@ -135,7 +120,6 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None, environ: t.Optional[t.M
         token_file=args.token_file or None,
         tls_cert=args.tls_cert or None,
         tls_key=args.tls_key or None,
-        core_api_only=args.core_api_only,
         log_level=args.log_level.upper(),
         hash_mode=args.hash_mode,
     )

@@ -162,13 +162,20 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             return self.public(record) if record else None
 
     def list(self, vms: t.Sequence[str] = (), label: t.Optional[str] = None, state: t.Optional[str] = None,
-             dump_ids: t.Sequence[str] = ()) -> t.List[t.Dict[str, t.Any]]:
-        """Records, newest first, filtered."""
+             dump_ids: t.Sequence[str] = (), limit: t.Optional[int] = None,
+             before: t.Optional[str] = None) -> t.Tuple[t.List[t.Dict[str, t.Any]], t.Optional[str]]:
+        """One page of records, newest first, filtered: at most limit records older than the dump before
+        (a known dump_id); and the dump_id to pass as before for the next page, None on the last page."""
         with self._lock:
+            older_than = self._records[before]["seq"] if before is not None else None
             records = sorted(self._records.values(), key=lambda r: r["seq"], reverse=True)
-            return [self.public(r) for r in records
-                    if (not vms or r["vm"] in vms) and (label is None or r["label"] == label)
-                    and (state is None or r["state"] == state) and (not dump_ids or r["dump_id"] in dump_ids)]
+            matching = [r for r in records
+                        if (older_than is None or r["seq"] < older_than) and (not vms or r["vm"] in vms)
+                        and (label is None or r["label"] == label) and (state is None or r["state"] == state)
+                        and (not dump_ids or r["dump_id"] in dump_ids)]
+            page = matching if limit is None else matching[:limit]
+            next_before = page[-1]["dump_id"] if len(page) < len(matching) else None
+            return [self.public(r) for r in page], next_before
 
     def counts(self) -> t.Dict[str, int]:
         """Queue sizes."""
@@ -181,8 +188,12 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
 
     # ----- changes
     def create(self, vms: t.Sequence[str], label: t.Optional[str] = None, fmt: str = "elf", force: bool = False,
-               request_id: t.Optional[str] = None) -> t.Tuple[t.List[t.Dict[str, t.Any]], int]:
-        """Apply the reuse rules per VM; returns records (with 'created') in request order and the marker."""
+               request_id: t.Optional[str] = None, dry_run: bool = False) -> t.Tuple[t.List[t.Dict[str, t.Any]], int]:
+        """Apply the reuse rules per VM; returns records (with 'created') in request order and the marker.
+
+        With dry_run nothing is created, queued or recorded: a VM that would get a new dump is answered
+        with a record that has only vm, label and format (dump_id and state None).
+        """
         with self._lock:
             if request_id is not None:
                 earlier = self.store.get_request(request_id)
@@ -190,19 +201,19 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                     if earlier[0] != list(vms):
                         raise RequestConflict(f"request_id {request_id!r} was already used for VMs {earlier[0]}; use a new request_id")
                     return [dict(self.public(self._records[item["dump_id"]]), created=item["created"]) for item in earlier[1]], self.marker
-            results = []
-            for vm in vms:
-                record = self._reusable(vm, label, force)
-                created = record is None
-                if created:
-                    record = self._new_record(vm, label, fmt)
-                results.append((record, created))
+            reused = [(vm, self._reusable(vm, label, force)) for vm in vms]
+            if dry_run:
+                return [dict(self.public(record), created=False) if record is not None else
+                        {"vm": vm, "dump_id": None, "state": None, "label": label, "format": fmt, "created": True}
+                        for vm, record in reused], self.marker
+            results = [(record, False) if record is not None else (self._new_record(vm, label, fmt), True) for vm, record in reused]
             if request_id is not None:
                 self.store.save_request(request_id, list(vms), [{"dump_id": r["dump_id"], "created": c} for r, c in results])
             self._dispatch()
             return [dict(self.public(r), created=c) for r, c in results], self.marker
 
     def _reusable(self, vm: str, label: t.Optional[str], force: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        """The reuse rules: the dump a request for vm gets instead of a new one, or None."""
         newest_done = None
         for record in self._records.values():
             if record["vm"] != vm:

@@ -206,10 +206,8 @@ class FifoHasher:
     before it opened the FIFO) and gives up on a writer that stays silent after the dump call returned.
     """
 
-    def __init__(self, fifo_path: str, out_path: str, idle_timeout: float = 30.0, streaming_writeback: bool = True) -> None:
+    def __init__(self, fifo_path: str, out_path: str, idle_timeout: float = 30.0) -> None:
         self.fifo_path = fifo_path
-        # False only to measure what the streaming writeback buys (bench P3): one fsync at the end instead.
-        self.streaming_writeback = streaming_writeback
         self.out_path = out_path
         self.idle_timeout = idle_timeout
         self.sha256 = hashlib.sha256()
@@ -227,8 +225,7 @@ class FifoHasher:
         fifo_fd = -1
         try:
             out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            writeback = StreamingWriteback(out_fd)
-            writeback.enabled = writeback.enabled and self.streaming_writeback
+            writeback = self.writeback(out_fd)
             fifo_fd = os.open(self.fifo_path, os.O_RDONLY)
             try:
                 fcntl.fcntl(fifo_fd, F_SETPIPE_SZ, PIPE_SIZE)
@@ -270,6 +267,10 @@ class FifoHasher:
                 except OSError as exc:
                     self.error = f"cannot write {self.out_path}: {exc.strerror}"
                 os.close(out_fd)
+
+    def writeback(self, out_fd: int) -> StreamingWriteback:
+        """What moves the image to the disk while it grows."""
+        return StreamingWriteback(out_fd)
 
     def finish(self) -> None:
         """Wait for the reader after the dump call returned (successfully or not)."""
@@ -415,7 +416,11 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         hasher: t.Any = None
         if self.used_fifo:
             remove_quietly(self.fifo_path)
-            os.mkfifo(self.fifo_path, 0o600)
+            try:
+                os.mkfifo(self.fifo_path, 0o600)
+            except OSError as exc:
+                raise DumpError(f"cannot create the FIFO {self.fifo_path}: {exc.strerror}; where the dump directory cannot hold "
+                                "FIFOs, run the service with --hash-mode after") from exc
             hasher = FifoHasher(self.fifo_path, self.tmp_path)
             hasher.start()
             target = self.fifo_path

@@ -1,6 +1,7 @@
 """Fixtures for the memdump service tests."""
 
 import contextlib
+import socket
 import threading
 import time
 import typing as t
@@ -36,6 +37,13 @@ def fixture_settings(tmp_path, node_uri) -> Settings:
     """Settings on a temp dir and the test driver."""
     return Settings(dump_dir=str(tmp_path / "dumps"), state_file=str(tmp_path / "state" / "jobs.sqlite3"), libvirt_uri=node_uri,
                     progress_interval=0.02)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import stat
@@ -21,7 +20,7 @@ from memdump_service.config import Settings, parse_args
 from memdump_service.jobs import INTERRUPTED
 from memdump_service.store import Store
 
-from conftest import running_app, wait_finished
+from conftest import free_port, running_app, wait_finished
 
 
 def post(client, body, **kwargs):
@@ -38,13 +37,17 @@ def test_health(client):
     assert body["libvirt"]["memory_only"] is False
     assert body["queue"] == {"queued": 0, "running": 0, "max_parallel": 2}
     assert body["auth"] is False
-    assert "wait" in body["features"]
+    assert {"wait", "dry_run"} <= set(body["features"])
 
 
 def test_openapi(client):
     answer = client.get("/openapi.json")
     assert answer.status_code == 200
-    assert "/api/dumps" in answer.json()["paths"]
+    paths = answer.json()["paths"]
+    post_body = paths["/api/dumps"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert post_body["additionalProperties"] is False and {"vms", "vm_ids", "dry_run", "format"} <= set(post_body["properties"])
+    assert {"200", "202", "400"} <= set(paths["/api/dumps"]["post"]["responses"])
+    assert {"limit", "before", "wait", "marker"} <= {p["name"] for p in paths["/api/dumps"]["get"]["parameters"]}
 
 
 def test_dump_completes_with_file_hash_and_modes(client, settings):
@@ -106,7 +109,7 @@ def test_get_one_filters_and_vm_map(client):
     assert one.status_code == 200 and one.json()["vm"] == "web01" and "marker" in one.json()
     assert client.get("/api/dumps/" + "0" * 32).status_code == 404
     listed = client.get("/api/dumps").json()
-    assert [d["dump_id"] for d in listed["dumps"]] == list(reversed(ids))
+    assert [d["dump_id"] for d in listed["dumps"]] == list(reversed(ids)) and listed["next_before"] is None
     assert listed["vms"]["web01"] == [ids[0]]
     assert {d["vm"] for d in client.get("/api/dumps", params={"label": "IR-1"}).json()["dumps"]} == {"web01", "db01"}
     assert [d["vm"] for d in client.get("/api/dumps", params={"vm": ["app01", "db01"]}).json()["dumps"]] == ["app01", "db01"]
@@ -217,6 +220,40 @@ def test_request_id_retry(client):
     assert conflict.status_code == 409 and "request_id" in conflict.json()["detail"]
 
 
+def test_dry_run_answers_without_creating(gate, client):
+    marker = client.get("/api/dumps").json()["marker"]
+    body = {"vms": ["web01", "db01"], "label": "IR-D", "format": "elf", "dry_run": True}
+    answer = post(client, body)
+    assert answer.status_code == 200
+    assert answer.json() == {"marker": marker, "dry_run": True, "dumps": [
+        {"vm": vm, "dump_id": None, "state": None, "label": "IR-D", "format": "elf", "created": True} for vm in ("web01", "db01")]}
+    assert client.get("/api/dumps").json()["dumps"] == [] and client.get("/health").json()["queue"]["queued"] == 0
+    running = post(client, {"vms": ["web01"], "label": "IR-D"}).json()["dumps"][0]
+    planned = post(client, body).json()["dumps"]
+    record = client.get(f"/api/dumps/{running['dump_id']}").json()
+    del record["marker"]
+    assert planned == [dict(record, created=False), dict(answer.json()["dumps"][1])]
+    gate.release.set()
+    wait_finished(client, [running["dump_id"]])
+    done = post(client, dict(body, vms=["web01"])).json()["dumps"][0]
+    assert (done["dump_id"], done["state"], done["created"]) == (running["dump_id"], "completed", False)
+    assert post(client, dict(body, vms=["web01"], force=True)).json()["dumps"][0]["created"] is True
+    assert len(client.get("/api/dumps").json()["dumps"]) == 1
+    assert gate.started == ["web01"]
+
+
+def test_dry_run_with_request_id(client):
+    first = post(client, {"vms": ["app01"], "request_id": "run-7"}).json()["dumps"]
+    replay = post(client, {"vms": ["app01"], "request_id": "run-7", "dry_run": True})
+    assert replay.status_code == 200 and [(d["dump_id"], d["created"]) for d in replay.json()["dumps"]] == [(first[0]["dump_id"], True)]
+    conflict = post(client, {"vms": ["db01"], "request_id": "run-7", "dry_run": True})
+    assert conflict.status_code == 409 and "request_id" in conflict.json()["detail"]
+    assert post(client, {"vms": ["db01"], "request_id": "run-8", "dry_run": True}).json()["dumps"][0]["dump_id"] is None
+    real = post(client, {"vms": ["db01"], "request_id": "run-8"})  # the dry run did not take run-8
+    assert real.status_code == 202 and real.json()["dumps"][0]["created"] is True and real.json()["dumps"][0]["dump_id"]
+    assert post(client, {"vms": ["db01"], "dry_run": False}).status_code == 202
+
+
 def test_concurrent_identical_requests_create_one_dump(gate, client):
     answers = []
 
@@ -234,6 +271,58 @@ def test_concurrent_identical_requests_create_one_dump(gate, client):
     gate.release.set()
     wait_finished(client, list(ids))
     assert gate.started == ["db01"]
+
+
+def test_paging(client):
+    ids = [post(client, {"vms": [vm]}).json()["dumps"][0]["dump_id"] for vm in ("vm00", "vm01", "vm02", "vm03", "vm04")]
+    wait_finished(client, ids)
+    newest_first = list(reversed(ids))
+    pages = []
+    params = {"limit": 2}
+    while True:
+        page = client.get("/api/dumps", params=params).json()
+        pages.append([d["dump_id"] for d in page["dumps"]])
+        if page["next_before"] is None:
+            break
+        assert page["next_before"] == pages[-1][-1] and set(page["vms"]) == {d["vm"] for d in page["dumps"]}
+        params["before"] = page["next_before"]
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:]]
+    filtered = client.get("/api/dumps", params={"vm": ["vm00", "vm03"], "limit": 1}).json()
+    assert [d["vm"] for d in filtered["dumps"]] == ["vm03"] and filtered["next_before"] == ids[3]
+    rest = client.get("/api/dumps", params={"vm": ["vm00", "vm03"], "before": ids[3]}).json()
+    assert [d["vm"] for d in rest["dumps"]] == ["vm00"] and rest["next_before"] is None
+    assert client.get("/api/dumps", params={"limit": 5}).json()["next_before"] is None
+    unknown = client.get("/api/dumps", params={"before": "0" * 32})
+    assert unknown.status_code == 400 and "before" in unknown.json()["detail"]
+    for limit in (0, 10001, "x"):
+        assert client.get("/api/dumps", params={"limit": limit}).status_code == 422
+
+
+def test_locked_job_manager_does_not_block_the_event_loop(client):
+    """A request that waits for the JobManager's lock (held by a dump worker) must not stall other requests."""
+    jobs = client.app.state.jobs
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_lock():
+        with jobs._lock:  # pylint: disable=protected-access
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    holding.wait(5)
+    blocked = [threading.Thread(target=post, args=(client, {"vms": ["web01"]})),
+               threading.Thread(target=client.get, args=("/api/dumps",))]
+    for thread in blocked:
+        thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert client.get("/openapi.json").status_code == 200
+    elapsed = time.monotonic() - started
+    release.set()
+    for thread in [holder] + blocked:
+        thread.join(10)
+    assert elapsed < 2
 
 
 def test_long_poll_answers_on_state_change(gate, client):
@@ -331,6 +420,9 @@ def test_bad_token_file(settings, tmp_path):
     ({"vms": ["web01"], "label": "x" * 129}, "label"),
     ({"vms": ["web01"], "force": "yes"}, "force"),
     ({"vms": ["web01"], "request_id": "x" * 129}, "request_id"),
+    ({"vms": ["web01"], "dry_run": "yes"}, "dry_run"),
+    ({"vms": ["web01"], "fromat": "kdump-zlib"}, "unknown field 'fromat'"),
+    ({"vms": ["web01"], "a": 1, "b": 2}, "unknown fields 'a', 'b'"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_input(client, body, words):
@@ -351,30 +443,6 @@ def test_bad_bodies(client, content, ctype, status):
     answer = client.post("/api/dumps", content=content, headers={"Content-Type": ctype})
     assert answer.status_code == status
     assert isinstance(answer.json()["detail"], str)
-
-
-def test_core_api_only(settings):
-    settings.core_api_only = True
-    with running_app(settings) as client:
-        answer = post(client, {"vms": ["web01"], "label": "IR-1", "format": "nonsense", "request_id": "x"})
-        assert answer.status_code == 202
-        body = answer.json()
-        assert "marker" not in body and "created" not in body["dumps"][0] and body["dumps"][0]["label"] is None
-        dump_id = body["dumps"][0]["dump_id"]
-        for _attempt in range(100):
-            listed = client.get("/api/dumps", params={"wait": 5, "marker": 0}).json()
-            assert "marker" not in listed
-            if listed["dumps"][0]["state"] == "completed":
-                break
-            time.sleep(0.02)
-        assert listed["vms"] == {"web01": [dump_id]}
-        started = time.monotonic()
-        client.get("/api/dumps", params={"wait": 5, "marker": 0})
-        assert time.monotonic() - started < 1
-        for method, path in (("get", f"/api/dumps/{dump_id}"), ("get", f"/api/dumps/{dump_id}/file"), ("delete", f"/api/dumps/{dump_id}")):
-            assert client.request(method, path).status_code == 404
-        assert post(client, {"vms": []}).status_code == 400
-        assert client.get("/health").json()["features"] == []
 
 
 def test_libvirt_unreachable(settings, tmp_path):
@@ -446,9 +514,11 @@ def test_streaming_writeback_keeps_two_steps_in_flight(tmp_path):
 
 def test_options_and_env_fallbacks(tmp_path):
     env = {"MEMDUMP_LISTEN": "127.0.0.1:6001", "MEMDUMP_MAX_PARALLEL": "3", "MEMDUMP_DUMP_DIR": str(tmp_path),
-           "MEMDUMP_CORE_API_ONLY": "true", "MEMDUMP_LIBVIRT_URI": "test:///default"}
+           "MEMDUMP_HASH_MODE": "after", "MEMDUMP_LIBVIRT_URI": "test:///default"}
     settings = parse_args([], env)
-    assert (settings.listen, settings.max_parallel, settings.dump_dir, settings.core_api_only) == ("127.0.0.1:6001", 3, str(tmp_path), True)
+    assert (settings.listen, settings.max_parallel, settings.dump_dir, settings.hash_mode) == ("127.0.0.1:6001", 3, str(tmp_path), "after")
+    with pytest.raises(SystemExit):
+        parse_args(["--core-api-only"], {})  # a test-only mode, now tests/doubles/core_service.py
     settings = parse_args(["--max-parallel", "1", "--listen", "[::1]:7000"], env)
     assert settings.max_parallel == 1 and settings.listen == "[::1]:7000"
     assert parse_args([], {}).listen == "127.0.0.1:5001"
@@ -470,12 +540,6 @@ def test_unflatten(tmp_path):
     virt.unflatten(str(flat), str(tmp_path / "out"))
     out = (tmp_path / "out").read_bytes()
     assert out.startswith(b"KDUMP   header") and out[100:107] == b"patched" and out[8192:] == b"x" * 5000
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")

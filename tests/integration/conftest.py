@@ -44,6 +44,8 @@ def stack_env(name):
 class MemdumpService:
     """One memdump service process on a loopback port, with its own dump dir and state file."""
 
+    program = ('-m', 'memdump_service')
+
     def __init__(self, workdir, libvirt_uri, token=None, extra_args=(), env=None):
         self.workdir = str(workdir)
         self.port = free_port()
@@ -67,7 +69,7 @@ class MemdumpService:
             os.chmod(self.token_file, 0o600)
 
     def command(self):
-        cmd = [sys.executable, '-m', 'memdump_service', '--listen', '127.0.0.1:%d' % self.port,
+        cmd = [sys.executable, *self.program, '--listen', '127.0.0.1:%d' % self.port,
                '--libvirt-uri', self.libvirt_uri, '--dump-dir', self.dump_dir, '--state-file', self.state_file]
         if self.token_file:
             cmd += ['--token-file', self.token_file]
@@ -132,6 +134,12 @@ class MemdumpService:
         return http_json(self.url, method, path, body, token or self.token, context=self.ssl_context)
 
 
+class CoreServiceDouble(MemdumpService):
+    """The test double of the seed's core service (tests/doubles/core_service.py): real dumps, the seed's API only."""
+
+    program = (os.path.join(REPO, 'tests', 'doubles', 'core_service.py'),)
+
+
 def http_json(url, method, path, body=None, token=None, timeout=60, context=None):
     """One HTTP call to a memdump service: returns (status, parsed JSON or raw bytes)."""
     data = json.dumps(body).encode() if body is not None else None
@@ -163,6 +171,24 @@ def memdump_service(tmp_path):
         workdir = tmp_path / ('%s%d' % (name, len(started)))
         workdir.mkdir()
         svc = MemdumpService(workdir, libvirt_uri or stack_env('MEMDUMP_TEST_LIBVIRT_URI'), token, extra_args, env)
+        started.append(svc)
+        return svc.start()
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture
+def core_service(tmp_path):
+    """Factory: ``core_service(libvirt_uri=None, token=None)`` starts the test double of the seed's core
+    service (no marker, wait, created, labels; ``"features": []``), on the stack's QEMU by default."""
+    started = []
+
+    def start(libvirt_uri=None, token=None):
+        workdir = tmp_path / ('core%d' % len(started))
+        workdir.mkdir()
+        svc = CoreServiceDouble(workdir, libvirt_uri or stack_env('MEMDUMP_TEST_LIBVIRT_URI'), token)
         started.append(svc)
         return svc.start()
 

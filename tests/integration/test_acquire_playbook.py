@@ -15,7 +15,7 @@ LABEL = 'IR-INTEG-ACQUIRE-1'
 
 def acquire(run_playbook, svc, evidence, vms, label=LABEL, env=None, **extra):
     extra_vars = {'memdump_hosts': 'localhost', 'label': label, 'vms': vms, 'collect': True,
-                  'evidence_dir': str(evidence), 'timeout': 300}
+                  'evidence_dir': str(evidence), 'wait_timeout': 300}
     extra_vars.update(extra)
     # Connection from the environment, as an AWX credential injects it.
     run_env = {'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token}

@@ -44,7 +44,7 @@ PLAY = """
     - name: wait
       vmforensics.memdump.memdump_wait:
         dumps: "{{ trigger.dumps }}"
-        timeout: 60
+        wait_timeout: 60
         allow_failed: true
       register: done
     - name: info

@@ -40,7 +40,7 @@ SECRETS_PLAY = """
     - name: wait
       vmforensics.memdump.memdump_wait:
         dumps: "{{ trigger.dumps }}"
-        timeout: 60
+        wait_timeout: 60
         allow_failed: true
     - name: info
       vmforensics.memdump.memdump_info:
@@ -60,12 +60,12 @@ SECRETS_PLAY = """
         url: "{{ influx_url }}"
         username: memdump
         password: "{{ influx_password }}"
-        timeout: 3
+        request_timeout: 3
       ignore_errors: true
     - name: records with a password written into the URL
       vmforensics.memdump.memdump_records:
         url: "http://memdump:{{ url_password }}@{{ influx_url | ansible.builtin.urlsplit('netloc') }}"
-        timeout: 3
+        request_timeout: 3
       ignore_errors: true
 """
 
@@ -157,7 +157,7 @@ TLS_PLAY = """
     - name: wait
       vmforensics.memdump.memdump_wait:
         dumps: "{{ trigger.dumps }}"
-        timeout: 60
+        wait_timeout: 60
         allow_failed: true
 """
 

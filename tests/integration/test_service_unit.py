@@ -1,4 +1,4 @@
-"""The systemd unit of role vmforensics.memdump.service renders and passes ``systemd-analyze verify``.
+"""The systemd unit of role vmforensics.memdump.memdump_service renders and passes ``systemd-analyze verify``.
 
 This machine has no systemd as PID 1 (the molecule scenario runs the service as a managed process),
 so the unit is checked statically: its hardening keeps the dump and state directories writable and
@@ -21,18 +21,18 @@ def render(tmp_path, **overrides):
     launcher.write_text('#!/bin/sh\n')
     launcher.chmod(0o755)
     dest = tmp_path / 'memdump.service'
-    extra = {'_service_launcher': str(launcher), 'role_path': os.path.join(REPO, 'roles', 'service')}
+    extra = {'_memdump_service_launcher': str(launcher), 'role_path': os.path.join(REPO, 'roles', 'service')}
     extra.update(overrides)
     cmd = ['ansible', 'localhost', '-c', 'local', '-m', 'ansible.builtin.template',
-           '-a', 'src=%s dest=%s' % (os.path.join(REPO, 'roles/service/templates/memdump.service.j2'), dest),
-           '-e', '@' + os.path.join(REPO, 'roles/service/defaults/main.yml'), '-e', json.dumps(extra)]
+           '-a', 'src=%s dest=%s' % (os.path.join(REPO, 'roles/memdump_service/templates/memdump.service.j2'), dest),
+           '-e', '@' + os.path.join(REPO, 'roles/memdump_service/defaults/main.yml'), '-e', json.dumps(extra)]
     env = dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_LOCALHOST_WARNING='False')
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return dest
 
 
-@pytest.mark.parametrize('overrides', [{}, {'service_user': 'memdump', 'service_group': 'memdump', 'service_port': 443}],
+@pytest.mark.parametrize('overrides', [{}, {'memdump_service_user': 'memdump', 'memdump_service_group': 'memdump', 'memdump_service_port': 443}],
                          ids=['root', 'unprivileged-low-port'])
 def test_unit_is_hardened_and_valid(tmp_path, overrides):
     unit = render(tmp_path, **overrides).read_text()

@@ -3,11 +3,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Unit-test fixtures: a small in-process HTTP server that plays the memdump service's answers.
+"""Unit-test fixtures: a small in-process HTTP server that plays a crude, sometimes broken memdump service.
 
-The real service is covered by the integration tests; this one follows docs/api.md closely enough
-to drive the modules' real ``main()`` and can misbehave on purpose (drop a connection, answer with
-only the core API, never finish a dump).
+It applies none of the real service's rules (reuse, input validation): a POST starts one dump per VM
+unless a test scripts the answer. Whether the modules follow the service's rules is tested against
+the real service in tests/integration (test_trigger_reuse.py, test_modules.py). This fake is for
+what the real service does not do on demand: dropped connections, answers without ``created`` or
+``marker`` (a core-API service), wrong answers, dumps that never finish, 401, bodies that are not JSON,
+``/health`` with or without features, paged answers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 CORE_FIELDS = ('dump_id', 'vm', 'state', 'progress', 'message', 'started_at', 'finished_at', 'duration_sec', 'dump_path')
@@ -39,8 +43,12 @@ class FakeService(object):
         self.cond = threading.Condition()
         self.requests = []  # (method, path, query, body)
         self.token = None
-        self.core_only = False  # no marker, no created, list answers, no label reuse
+        self.features = ['wait', 'label', 'request_id', 'dry_run']  # what /health lists
+        self.core_only = False  # /health 404, answers without marker and created
         self.list_answer = False  # GET answers a bare list
+        self.page_size = None  # GET answers pages of this many dumps with next_before
+        self.raw_answers = {}  # (method, path) -> (status, raw body): scripted answers, e.g. not JSON
+        self.reused = {}  # vm -> record that POST answers with created: false (scripted, not a rule)
         self.drop_posts = 0  # drop the connection after handling this many POSTs
         self.finish_after = None  # seconds after creation a dump completes (None: stays queued)
         self.finish_on_get = None  # the Nth GET naming dump ids completes every pending dump
@@ -49,7 +57,6 @@ class FakeService(object):
         self.fail_vms = {}  # vm -> failure message
         self.hold = True  # honour wait/marker
         self.health_status = 200
-        self.by_request_id = {}
         self.url = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -111,35 +118,29 @@ class FakeService(object):
 
     def view(self, record, created=None):
         if self.core_only:
-            out = dict((k, record.get(k)) for k in CORE_FIELDS)
-        else:
-            out = dict(record)
-        if created is not None and not self.core_only:
+            return dict((k, record.get(k)) for k in CORE_FIELDS)
+        out = dict(record)
+        if created is not None:
             out['created'] = created
         return out
 
     def post(self, body):
+        """A new dump per VM, or the scripted ``reused`` record; a dry run (if it is a feature) creates nothing."""
+        dry_run = bool(body.get('dry_run')) and not self.core_only and 'dry_run' in self.features
+        label = None if self.core_only else body.get('label')
+        fmt = body.get('format') or 'elf'
         with self.cond:
-            rid = body.get('request_id')
-            if rid and not self.core_only and rid in self.by_request_id:
-                return 202, {'dumps': [self.view(r, True) for r in self.by_request_id[rid]], 'marker': self.marker}
-            label = None if self.core_only else body.get('label')
             out, new = [], []
             for vm in body.get('vms') or body.get('vm_ids') or []:
-                mine = [r for r in reversed(self.dumps) if r['vm'] == vm]
-                inflight = [r for r in mine if r['state'] in ('queued', 'running')]
-                done = [r for r in mine if r['state'] == 'completed' and label and r['label'] == label]
-                if inflight:
-                    out.append(self.view(inflight[0], False))
-                elif done and not body.get('force'):
-                    out.append(self.view(done[0], False))
+                if vm in self.reused:
+                    out.append(self.view(self.reused[vm], False))
+                elif dry_run:
+                    out.append({'vm': vm, 'dump_id': None, 'state': None, 'label': label, 'format': fmt, 'created': True})
                 else:
-                    record = self._record(vm, label, 'queued', body.get('format') or 'elf')
+                    record = self._record(vm, label, 'queued', fmt)
                     self.dumps.append(record)
                     new.append(record)
                     out.append(self.view(record, True))
-            if rid:
-                self.by_request_id[rid] = new
             if new:
                 self.marker += 1
             for record in new:
@@ -147,6 +148,9 @@ class FakeService(object):
             answer = {'dumps': out}
             if not self.core_only:
                 answer['marker'] = self.marker
+            if dry_run:
+                answer['dry_run'] = True
+                return 200, answer
             return 202, answer
 
     def get(self, query):
@@ -170,13 +174,24 @@ class FakeService(object):
             for key in ('vm', 'dump_id', 'label', 'state'):
                 if key in query and not (self.core_only and key == 'label'):
                     found = [r for r in found if r.get(key) in query[key]]
+            next_before = None
+            if self.page_size:
+                if 'before' in query:
+                    ids = [r['dump_id'] for r in found]
+                    found = found[ids.index(query['before'][0]) + 1:]
+                if len(found) > self.page_size:
+                    found = found[:self.page_size]
+                    next_before = found[-1]['dump_id']
             dumps = [self.view(r) for r in found]
             if self.list_answer or self.core_only:
                 return 200, dumps
             vms = {}
             for r in dumps:
                 vms.setdefault(r['vm'], []).append(r['dump_id'])
-            return 200, {'dumps': dumps, 'vms': vms, 'marker': self.marker}
+            answer = {'dumps': dumps, 'vms': vms, 'marker': self.marker}
+            if self.page_size:
+                answer['next_before'] = next_before
+            return 200, answer
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -186,9 +201,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status, body):
-        raw = json.dumps(body).encode()
+        self._send_raw(status, json.dumps(body).encode(), 'application/json')
+
+    def _send_raw(self, status, raw, content_type):
         self.send_response(status)
-        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Type', content_type)
         self.send_header('Content-Length', str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
@@ -200,19 +217,21 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get('Content-Length') or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         svc.requests.append((method, parsed.path, query, body))
+        if (method, parsed.path) in svc.raw_answers:
+            status, raw = svc.raw_answers[(method, parsed.path)]
+            return self._send_raw(status, raw, 'text/html')
         if parsed.path == '/health':
             if svc.core_only:
                 return self._send(404, {'detail': 'Not Found'})
             return self._send(svc.health_status, {
                 'status': 'ok' if svc.health_status == 200 else 'unavailable', 'version': '0.1.0',
-                'libvirt': {'uri': 'test:///default', 'connected': svc.health_status == 200, 'error': None},
+                'libvirt': {'uri': 'test:///default', 'connected': svc.health_status == 200,
+                            'error': None if svc.health_status == 200 else 'cannot connect to libvirt at test:///default'},
                 'queue': {'queued': 0, 'running': 0, 'max_parallel': 2}, 'formats': ['elf'],
-                'features': ['wait', 'label', 'request_id'], 'auth': bool(svc.token)})
+                'features': svc.features, 'auth': bool(svc.token)})
         if svc.token and self.headers.get('Authorization') != 'Bearer %s' % svc.token:
             return self._send(401, {'detail': 'missing or invalid bearer token'})
         if parsed.path == '/api/dumps' and method == 'POST':
-            if body.get('label') == 'bad label':
-                return self._send(422, {'detail': 'label must be 1-128 characters of [A-Za-z0-9._:@+-]'})
             status, answer = svc.post(body)
             if svc.drop_posts > 0:
                 svc.drop_posts -= 1
@@ -263,6 +282,8 @@ def run_module(capsys, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
     def run(module, args, check_mode=False):
+        # Module warnings are collected per process: start each run without the last run's.
+        warnings._global_warnings.clear()  # pylint: disable=protected-access
         args = dict(args)
         if check_mode:
             args['_ansible_check_mode'] = True

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
@@ -16,11 +18,7 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._client import
     dumps_of,
     marker_of,
 )
-from ansible_collections.vmforensics.memdump.plugins.module_utils._module import (
-    CONNECTION_ARGSPEC,
-    generate_argspec,
-    wait_argspec,
-)
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import CONNECTION_ARGSPEC, generate_argspec
 
 
 def test_answers_list_or_dict():
@@ -35,13 +33,52 @@ def test_answers_list_or_dict():
 def test_list_and_create(fake_service):
     client = MemdumpClient(fake_service.url + '/')
     assert client.url == fake_service.url
-    dumps, marker = client.create_dumps(['web01'], label='IR-1', fmt='elf', request_id='r1')
-    assert dumps[0]['created'] is True and marker == 1
-    found, marker2, raw = client.list_dumps(vms=['web01'], label='IR-1')
-    assert [d['dump_id'] for d in found] == [dumps[0]['dump_id']] and marker2 == 1 and 'vms' in raw
+    dumps = client.create_dumps(['web01'], label='IR-1', fmt='elf', request_id='r1')
+    assert dumps[0]['created'] is True
+    assert fake_service.requests[-1][3] == {'vms': ['web01'], 'force': False, 'label': 'IR-1', 'format': 'elf',
+                                            'request_id': 'r1'}
+    client.create_dumps(['web01'], dry_run=True)
+    assert fake_service.requests[-1][3] == {'vms': ['web01'], 'force': False, 'dry_run': True}
+    found, marker = client.list_dumps(vms=['web01'], label='IR-1')
+    assert [d['dump_id'] for d in found] == [dumps[0]['dump_id']] and marker == 1
     fake_service.list_answer = True
-    found, marker3, raw = client.list_dumps(dump_ids=[dumps[0]['dump_id']])
-    assert len(found) == 1 and marker3 is None and isinstance(raw, list)
+    found, marker = client.list_dumps(dump_ids=[dumps[0]['dump_id']])
+    assert len(found) == 1 and marker is None
+
+
+def test_list_all_dumps_follows_next_before(fake_service):
+    added = [fake_service.add('vm%d' % i) for i in range(5)]
+    newest_first = [r['dump_id'] for r in reversed(added)]
+    client = MemdumpClient(fake_service.url)
+    assert [d['dump_id'] for d in client.list_all_dumps()] == newest_first
+    assert len(fake_service.requests) == 1  # no paging: one request
+    fake_service.page_size = 2
+    assert [d['dump_id'] for d in client.list_all_dumps()] == newest_first
+    befores = [q.get('before') for dummy, dummy2, q, dummy3 in fake_service.requests[1:]]
+    assert befores == [None, [newest_first[1]], [newest_first[3]]]
+
+
+def test_list_all_dumps_stops_at_a_page_pointing_at_itself(fake_service):
+    page = {'dumps': [{'dump_id': 'x'}], 'next_before': 'x'}
+    fake_service.raw_answers[('GET', '/api/dumps')] = (200, json.dumps(page).encode())
+    assert MemdumpClient(fake_service.url).list_all_dumps() == [{'dump_id': 'x'}, {'dump_id': 'x'}]
+    assert len(fake_service.requests) == 2
+
+
+def test_features(fake_service, closed_url):
+    client = MemdumpClient(fake_service.url)
+    assert client.features() == frozenset(['wait', 'label', 'request_id', 'dry_run'])
+    fake_service.health_status = 503  # libvirt down: the answer still lists them
+    assert 'wait' in client.features()
+    fake_service.raw_answers[('GET', '/health')] = (200, b'<html>memdump</html>')
+    assert client.features() == frozenset()
+    fake_service.raw_answers[('GET', '/health')] = (500, b'oops')
+    assert client.features() == frozenset()
+    fake_service.core_only = True
+    del fake_service.raw_answers[('GET', '/health')]
+    assert client.features() == frozenset()  # 404: a service without /health
+    with pytest.raises(MemdumpConnectionError):
+        MemdumpClient(closed_url, timeout=2).features()
 
 
 def test_errors(fake_service, closed_url):
@@ -55,6 +92,9 @@ def test_errors(fake_service, closed_url):
     with pytest.raises(MemdumpHTTPError) as e:
         MemdumpClient(fake_service.url, token='t').request('GET', '/nope')
     assert e.value.status == 404 and 'HTTP 404: Not Found' in str(e.value)
+    fake_service.raw_answers[('GET', '/api/dumps')] = (200, b'<html>proxy login</html>')
+    with pytest.raises(MemdumpError, match='not JSON'):
+        MemdumpClient(fake_service.url, token='t').list_dumps()
 
 
 def test_health_503_is_returned(fake_service):
@@ -62,11 +102,11 @@ def test_health_503_is_returned(fake_service):
     assert MemdumpClient(fake_service.url).health()['status'] == 'unavailable'
 
 
-def test_argspecs():
+def test_argspec():
     spec = generate_argspec(vms=dict(type='list'))
     assert set(spec) == set(CONNECTION_ARGSPEC) | {'vms'}
-    assert spec['token']['no_log'] is True and spec['timeout']['aliases'] == ['request_timeout']
-    spec = wait_argspec(timeout=dict(type='float', default=3600, aliases=['wait_timeout']))
-    assert spec['timeout']['default'] == 3600 and spec['request_timeout']['default'] == 30
-    assert 'aliases' not in spec['request_timeout']
-    assert CONNECTION_ARGSPEC['timeout']['aliases'] == ['request_timeout']  # not mutated
+    assert spec['token']['no_log'] is True
+    assert spec['request_timeout']['default'] == 30 and 'aliases' not in spec['request_timeout']
+    assert spec['request_timeout']['fallback'][1] == ['MEMDUMP_SERVICE_TIMEOUT']
+    spec['request_timeout']['default'] = 1
+    assert CONNECTION_ARGSPEC['request_timeout']['default'] == 30  # not mutated

@@ -8,6 +8,11 @@ from __future__ import annotations
 from ansible_collections.vmforensics.memdump.plugins.modules import memdump_info
 
 
+def warning_texts(result):
+    """The warnings of a result as strings (ansible-core 2.19 returns them as structures)."""
+    return [w['event']['msg'] if isinstance(w, dict) else w for w in result.get('warnings', [])]
+
+
 def test_lists_all_and_filters(fake_service, run_module):
     a = fake_service.add('web01', 'completed', label='IR-1')
     b = fake_service.add('db01', 'failed', label='IR-1')
@@ -30,19 +35,41 @@ def test_check_mode(fake_service, run_module):
     assert len(result['dumps']) == 1 and result['changed'] is False
 
 
-def test_unreachable_is_not_a_failure(closed_url, run_module):
+def test_unreachable_is_a_warning_unless_fail_on_unavailable(closed_url, run_module):
     result = run_module(memdump_info, {'url': closed_url})
     assert not result.get('failed')
     assert result['service']['status'] == 'unavailable' and closed_url in result['service']['error']
     assert result['dumps'] == []
+    (warning,) = warning_texts(result)
+    assert 'the memdump service at %s is unavailable' % closed_url in warning and 'refused' in warning.lower()
+    result = run_module(memdump_info, {'url': closed_url, 'fail_on_unavailable': True})
+    assert result['failed'] and 'the memdump service at %s is unavailable' % closed_url in result['msg']
+    assert result['service']['status'] == 'unavailable'
 
 
-def test_libvirt_down_still_lists(fake_service, run_module):
+def test_libvirt_down_still_lists_with_a_warning(fake_service, run_module):
     fake_service.health_status = 503
     fake_service.add('web01', 'completed')
     result = run_module(memdump_info, {'url': fake_service.url})
     assert result['service']['status'] == 'unavailable' and result['service']['libvirt']['connected'] is False
     assert len(result['dumps']) == 1
+    (warning,) = warning_texts(result)
+    assert fake_service.url in warning and 'can not reach libvirt: cannot connect to libvirt' in warning
+    result = run_module(memdump_info, {'url': fake_service.url, 'fail_on_unavailable': True})
+    assert result['failed'] and 'can not reach libvirt' in result['msg']
+
+
+def test_healthy_service_gives_no_warning(fake_service, run_module):
+    result = run_module(memdump_info, {'url': fake_service.url, 'fail_on_unavailable': True})
+    assert not result.get('failed') and not warning_texts(result)
+
+
+def test_follows_pages(fake_service, run_module):
+    added = [fake_service.add('web01', 'completed') for dummy in range(5)]
+    fake_service.page_size = 2
+    result = run_module(memdump_info, {'url': fake_service.url, 'vms': ['web01']})
+    assert [d['dump_id'] for d in result['dumps']] == [r['dump_id'] for r in reversed(added)]
+    assert len([r for r in fake_service.requests if r[1] == '/api/dumps']) == 3
 
 
 def test_core_service_and_list_answer(fake_service, run_module):

@@ -80,6 +80,14 @@ def test_records_deduplicated_and_stats(capsys, fake_query):
     assert client.url == 'http://127.0.0.1:1' and client.database == 'db1'
 
 
+def test_request_timeout_option_and_env(capsys, fake_query, monkeypatch):
+    run_main(capsys, {'request_timeout': 2.5})
+    assert fake_query[0][0].timeout == 2.5
+    monkeypatch.setenv('MEMDUMP_INFLUXDB_TIMEOUT', '7')  # the callback's timeout setting
+    run_main(capsys, {})
+    assert fake_query[1][0].timeout == 7
+
+
 def test_state_filter_applies_to_newest_state_and_limit_keeps_stats(capsys, fake_query):
     out = run_main(capsys, {'state': ['running']})
     assert out['records'] == [] and out['stats']['count'] == 0

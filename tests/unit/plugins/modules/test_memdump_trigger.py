@@ -3,8 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
+"""memdump_trigger against the fake service: one request, the answer trusted, broken answers handled.
+
+The reuse rules themselves are the service's; tests/integration/test_trigger_reuse.py checks the
+module against the real service.
+"""
+
 from __future__ import annotations
 
+import json
 import uuid
 
 from ansible_collections.vmforensics.memdump.plugins.modules import memdump_trigger
@@ -14,58 +21,74 @@ def posts(svc):
     return [r[3] for r in svc.requests if r[0] == 'POST']
 
 
-def test_creates_dumps_and_returns_records(fake_service, run_module):
+def test_posts_once_and_returns_records(fake_service, run_module):
     result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01', 'web01'], 'label': 'IR-1'})
     assert result['changed'] is True
     assert [d['vm'] for d in result['dumps']] == ['web01', 'db01']
     assert all(d['created'] and d['state'] == 'queued' and d['label'] == 'IR-1' for d in result['dumps'])
     assert result['dump_ids'] == dict((d['vm'], d['dump_id']) for d in result['dumps'])
     assert result['created'] == ['web01', 'db01']
+    assert [r[:2] for r in fake_service.requests] == [('POST', '/api/dumps')]  # nothing read before
     (body,) = posts(fake_service)
     assert body['vms'] == ['web01', 'db01'] and body['label'] == 'IR-1' and body['force'] is False
+    assert 'dry_run' not in body
     assert str(uuid.UUID(body['request_id'])) == body['request_id'] == result['request_id']
 
 
-def test_same_label_after_completion_is_not_changed(fake_service, run_module):
-    done = fake_service.add('web01', 'completed', label='IR-1')
-    fake_service.add('web01', 'completed', label='IR-other')
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-1'})
-    assert result['changed'] is False
-    assert result['dump_ids'] == {'web01': done['dump_id']}
-    assert result['dumps'][0]['created'] is False
-    assert result['request_id'] is None
-    assert not posts(fake_service)
-
-
-def test_in_flight_dump_is_reused_even_with_force(fake_service, run_module):
-    running = fake_service.add('web01', 'running', label='IR-1')
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-2', 'force': True})
-    assert result['changed'] is False
-    assert result['dump_ids'] == {'web01': running['dump_id']}
-
-
-def test_failed_dump_is_dumped_again_and_force_redumps(fake_service, run_module):
-    fake_service.add('web01', 'failed', label='IR-1')
-    fake_service.add('db01', 'completed', label='IR-1')
+def test_created_comes_from_the_answer(fake_service, run_module):
+    # A completed dump with the label is listed, but only the service's answer decides: here it starts a new one.
+    listed = fake_service.add('db01', 'completed', label='IR-1')
+    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01'], 'label': 'IR-1',
+                                          'force': True, 'format': 'kdump-zlib'})
+    assert result['changed'] is True and result['created'] == ['web01', 'db01']
+    assert result['dump_ids']['db01'] != listed['dump_id']
+    (body,) = posts(fake_service)
+    assert body['vms'] == ['web01', 'db01'] and body['force'] is True and body['format'] == 'kdump-zlib'
+    # Now the service answers with existing dumps (created: false) for both.
+    fake_service.reused = {'web01': fake_service.dumps[-2], 'db01': listed}
     result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01'], 'label': 'IR-1'})
-    assert result['changed'] is True
-    assert result['created'] == ['web01']
-    assert posts(fake_service)[0]['vms'] == ['web01']
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01'], 'label': 'IR-1', 'force': True,
-                                          'format': 'kdump-zlib'})
-    assert result['changed'] is True and result['dumps'][0]['format'] == 'kdump-zlib'
+    assert result['changed'] is False and result['created'] == []
+    assert result['dump_ids']['db01'] == listed['dump_id'] and result['dumps'][1]['created'] is False
+    assert result['request_id'] is None  # it started nothing
+    assert len(posts(fake_service)) == 2
 
 
-def test_check_mode_predicts_without_posting(fake_service, run_module):
+def test_answer_without_created_counts_as_created(fake_service, run_module):
+    fake_service.core_only = True
+    for dummy in range(2):  # such a service starts a dump per request, so every run is a change
+        result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-1'})
+        assert result['changed'] is True and result['dumps'][0]['created'] is True
+        assert result['request_id'] is not None
+    assert len(posts(fake_service)) == 2
+
+
+def test_check_mode_asks_for_a_dry_run(fake_service, run_module):
     done = fake_service.add('db01', 'completed', label='IR-1')
+    fake_service.reused = {'db01': done}
     result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01'], 'label': 'IR-1'},
                         check_mode=True)
-    assert result['changed'] is True
-    assert result['created'] == ['web01']
+    assert result['changed'] is True and result['created'] == ['web01']
     assert result['dump_ids'] == {'web01': None, 'db01': done['dump_id']}
-    assert not posts(fake_service)
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01'], 'label': 'IR-1'}, check_mode=True)
+    assert result['request_id'] is None
+    (body,) = posts(fake_service)
+    assert body['dry_run'] is True and 'request_id' not in body
+    assert len(fake_service.dumps) == 1  # nothing created
+    fake_service.reused['web01'] = fake_service.add('web01', 'running', label='IR-1')
+    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01'], 'label': 'IR-1'},
+                        check_mode=True)
     assert result['changed'] is False
+
+
+def test_check_mode_without_dry_run_feature_sends_nothing(fake_service, run_module):
+    fake_service.features = ['wait', 'label', 'request_id']  # this service would ignore dry_run and dump
+    fake_service.add('db01', 'completed', label='IR-1')  # the service might reuse it; only a dry run could tell
+    for core_only in (False, True):  # /health without the feature, and no /health at all (404)
+        fake_service.core_only = core_only
+        result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01'], 'label': 'IR-1'},
+                            check_mode=True)
+        assert result['changed'] is True and result['created'] == ['web01', 'db01']
+        assert result['dump_ids'] == {'web01': None, 'db01': None}
+    assert not posts(fake_service) and len(fake_service.dumps) == 1
 
 
 def test_dropped_connection_retries_with_same_request_id(fake_service, run_module, monkeypatch):
@@ -76,19 +99,22 @@ def test_dropped_connection_retries_with_same_request_id(fake_service, run_modul
     bodies = posts(fake_service)
     assert len(bodies) == 2
     assert bodies[0]['request_id'] == bodies[1]['request_id'] == result['request_id']
-    assert len(fake_service.dumps) == 2  # the retry created nothing more
-    assert sorted(result['dump_ids'].values()) == sorted(d['dump_id'] for d in fake_service.dumps)
+    # The result is the retry's answer (the fake has no request_id memory: that is the service's job).
+    assert sorted(result['dump_ids'].values()) == sorted(d['dump_id'] for d in fake_service.dumps[2:])
 
 
-def test_core_api_only_service(fake_service, run_module):
-    fake_service.core_only = True
-    old = fake_service.add('web01', 'completed')
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-1'})
-    # No labels on a core service: a completed dump is not this incident's; created is inferred.
-    assert result['changed'] is True
-    assert result['dumps'][0]['created'] is True and result['dump_ids']['web01'] != old['dump_id']
-    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-1'})
-    assert result['changed'] is False  # in flight: reused, inferred from the earlier GET
+def test_answer_missing_a_vm_fails_naming_it(fake_service, run_module):
+    fake_service.raw_answers[('POST', '/api/dumps')] = (202, json.dumps({'dumps': [{'vm': 'web01', 'dump_id': 'a' * 32}]}).encode())
+    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01', 'db01']})
+    assert result['failed'] and 'did not return a dump for VM db01' in result['msg']
+    assert fake_service.url in result['msg'] and 'request_id' in result['msg']
+
+
+def test_answer_not_json_fails(fake_service, run_module):
+    fake_service.raw_answers[('POST', '/api/dumps')] = (202, b'<html>accepted</html>')
+    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01']})
+    assert result['failed'] and 'not JSON' in result['msg'] and result['status'] == 202
+    assert result['url'] == fake_service.url + '/api/dumps'
 
 
 def test_unreachable_names_url(closed_url, run_module, monkeypatch):
@@ -103,16 +129,20 @@ def test_token_missing_and_env_fallbacks(fake_service, run_module, monkeypatch):
     fake_service.token = 's3cret'
     result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01']})
     assert result['failed'] and 'set token or MEMDUMP_SERVICE_TOKEN' in result['msg'] and '401' in result['msg']
+    assert result['status'] == 401
     monkeypatch.setenv('MEMDUMP_SERVICE_TOKEN', 's3cret')
     monkeypatch.setenv('MEMDUMP_SERVICE_URL', fake_service.url)
     monkeypatch.setenv('MEMDUMP_SERVICE_TIMEOUT', '7')
     result = run_module(memdump_trigger, {'vms': ['web01']})
     assert result['changed'] is True
+    assert result['invocation']['module_args']['request_timeout'] == 7.0
     assert 's3cret' not in repr(result)
 
 
 def test_http_error_carries_status_and_detail(fake_service, run_module):
+    detail = {'detail': 'label must be 1-128 characters of [A-Za-z0-9._:@+-]'}
+    fake_service.raw_answers[('POST', '/api/dumps')] = (400, json.dumps(detail).encode())
     result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'bad label'})
     assert result['failed']
-    assert 'HTTP 422' in result['msg'] and 'label must be 1-128 characters' in result['msg']
-    assert result['status'] == 422
+    assert 'HTTP 400' in result['msg'] and 'label must be 1-128 characters' in result['msg']
+    assert result['status'] == 400
