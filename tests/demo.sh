@@ -21,6 +21,8 @@ venv=${MEMDUMP_VENV:-$repo/.venv}
 stack=$repo/tests/stack/stack.sh
 export PATH="$venv/bin:$PATH" ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 work=$(mktemp -d /tmp/memdump-demo.XXXXXX)
+# The collected evidence outlives the demo (the service's own copies in $work do not): look at it after.
+evidence=${MEMDUMP_DEMO_EVIDENCE_DIR:-$(mktemp -d /tmp/memdump-demo-evidence.XXXXXX)}
 service_pid=""
 stack_started=0
 
@@ -127,13 +129,13 @@ fi
 say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true"
 ansible-playbook -i localhost, -c local vmforensics.memdump.acquire \
   -e "ansible_python_interpreter=$venv/bin/python" -e memdump_hosts=localhost -e "label=$label" \
-  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$work/evidence" -e wait_timeout=600
+  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$evidence" -e wait_timeout=600
 play_rc=$?
 
 # --- Results ------------------------------------------------------------------------------------
 say "per VM (from the service), and the collected evidence (from the custody manifest)"
 curl -s -H "Authorization: Bearer $token" "$url/api/dumps?label=$label" > "$work/dumps.json"
-python - "$work/dumps.json" "$work/evidence/$label/manifest.json" <<'PY'
+python - "$work/dumps.json" "$evidence/$label/manifest.json" <<'PY'
 import json, os, sys
 dumps = json.load(open(sys.argv[1])).get('dumps', [])
 manifest = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {'entries': []}
@@ -174,5 +176,6 @@ else
   say "InfluxDB records: skipped (no callback or no InfluxDB in the stack)"
 fi
 
+say "evidence kept in $evidence/$label (images, manifest.json); remove it with: rm -rf $evidence"
 if [ "$play_rc" != 0 ]; then die "the acquisition playbook failed (rc $play_rc)"; fi
 say "demo finished"

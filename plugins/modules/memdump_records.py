@@ -202,6 +202,12 @@ query:
   returned: success
   type: str
   sample: SELECT * FROM "memdump" WHERE time >= now() - 7d ORDER BY time DESC
+msg:
+  description:
+    - When nothing matches, why that can be so (only runs with the callback enabled are recorded); V(null) otherwise.
+  returned: success
+  type: str
+  sample: "no records match in database 'memdump' at http://influxdb:8086: records exist only for runs with the callback ..."
 '''
 
 import re
@@ -216,6 +222,7 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb impo
     quote_ident,
     quote_string,
     resolve_api,
+    safe_url,
     series_rows,
     url_password,
 )
@@ -317,12 +324,23 @@ def run(module):
     try:
         rows = series_rows(client.query(query))
     except InfluxDBError as err:
-        module.fail_json(msg=str(err), query=query)
+        msg = str(err)
+        if 'database not found' in msg:
+            # The usual first run: nothing has ever been recorded, and the callback does not create databases.
+            msg += ('; create it once (InfluxDB 1.x: influx -execute "CREATE DATABASE %s"), then enable the callback '
+                    'vmforensics.memdump.influxdb for the acquisition runs (docs/influxdb.md)' % database)
+        module.fail_json(msg=msg, query=query)
     records = to_records(rows)
     if p['state']:
         records = [r for r in records if r.get('state') in p['state']]
     stats = compute_stats(records)
-    module.exit_json(changed=False, records=records[:p['limit']], stats=stats, query=query)
+    msg = None
+    if not records:
+        msg = ('no records match in %s %r at %s: records exist only for runs with the callback vmforensics.memdump.influxdb '
+               'enabled (ANSIBLE_CALLBACKS_ENABLED=vmforensics.memdump.influxdb with MEMDUMP_INFLUXDB_URL and '
+               'MEMDUMP_INFLUXDB_DATABASE); a run without it is not recorded here'
+               % ('bucket' if api == 'v2' else 'database', database, safe_url(p['url'])))
+    module.exit_json(changed=False, records=records[:p['limit']], stats=stats, query=query, msg=msg)
 
 
 def main():

@@ -130,3 +130,24 @@ def test_influxdb_error_fails_with_query(capsys, monkeypatch):
 
 def test_safe_url_strips_credentials():
     assert _influxdb.safe_url('https://u:p@h:8086/x?u=a&p=b') == 'https://h:8086/x'
+
+
+def test_nothing_found_says_that_only_runs_with_the_callback_are_recorded(capsys, monkeypatch):
+    monkeypatch.setattr(_influxdb.InfluxDBv1, 'query', lambda self, q, method='GET', epoch=None: [{}])
+    result = run_main(capsys, {'url': 'http://127.0.0.1:8086', 'database': 'memdump', 'label': 'IR-QUIET'})
+    assert result['records'] == []
+    assert 'vmforensics.memdump.influxdb' in result['msg'] and "'memdump'" in result['msg']
+
+
+def test_records_found_carry_no_message(capsys, fake_query):
+    result = run_main(capsys, {'url': 'http://127.0.0.1:8086', 'database': 'memdump', 'label': 'IR-1'})
+    assert result['records'] and result['msg'] is None
+
+
+def test_a_missing_database_says_how_to_create_it(capsys, monkeypatch):
+    def query(self, q, method='GET', epoch=None):
+        raise _influxdb.InfluxDBError('InfluxDB query failed: database not found: memdump')
+    monkeypatch.setattr(_influxdb.InfluxDBv1, 'query', query)
+    result = run_main(capsys, {'url': 'http://127.0.0.1:8086', 'database': 'memdump'})
+    assert result['failed'] is True
+    assert 'CREATE DATABASE memdump' in result['msg'] and 'vmforensics.memdump.influxdb' in result['msg']
