@@ -17,7 +17,7 @@ import time
 import benchlib as b
 
 DOC = os.path.join(b.REPO, 'docs', 'performance.md')
-FIGURES = ['P1', 'P2', 'P3', 'P4', 'P5', 'P6']
+FIGURES = ['P1', 'P2', 'P3', 'P4', 'P5', 'P6', 'P7', 'P8']
 
 
 def sh(cmd):
@@ -349,7 +349,32 @@ def p6_text(r):
     return out
 
 
-TEXT = {'P1': p1_text, 'P2': p2_text, 'P3': p3_text, 'P4': p4_text, 'P5': p5_text, 'P6': p6_text}
+def p7_text(r):
+    def pause(x):
+        return ms(x) if x is not None and x < 1 else sec(x)
+    out = ['Idle Linux guests (Debian kernel, busybox initramfs), TCG, %d dumps per method and size, alternating. `paused_sec` is '
+           'the service\'s record (libvirt\'s downtime for live, the dump call for memory-only); "events" is the Suspended → '
+           'Resumed span of libvirt\'s lifecycle events (`virsh event --timestamp`), measured independently.' % r['reps'],
+           '', '| RAM | method | paused_sec median (max) | events median (max) | wall median | image MiB |', '|---|---|---|---|---|---|']
+    for row in r['rows']:
+        for method, m in sorted(row['methods'].items()):
+            out.append('| %d MiB | %s | %s (%s) | %s (%s) | %s | %.0f |' % (
+                row['ram_mib'], method, pause(m['paused_sec']['median']), pause(m['paused_sec']['max']),
+                pause(m['event_pause_sec']['median']), pause(m['event_pause_sec']['max']), sec(m['duration_sec']['median']),
+                m['size_mib']['median']))
+    return out
+
+
+def p8_text(r):
+    return ['Command: `%s`; image %d bytes of %s, %d repetitions alternating.' % (r['command'], r['size_bytes'], r['guest'], r['reps']),
+            '', '| | median MiB/s | min | max | peak RSS MiB |', '|---|---|---|---|---|',
+            '| `curl -o` | %s | %s | %s | %s |' % (r['curl_mib_s']['median'], r['curl_mib_s']['min'], r['curl_mib_s']['max'], r['curl_peak_rss_mib']),
+            '| memdump_collect download path | %s | %s | %s | %s |' % (
+                r['plugin_mib_s']['median'], r['plugin_mib_s']['min'], r['plugin_mib_s']['max'], r['plugin_peak_rss_mib']),
+            '', 'Ratio of medians: %s (target %s).' % (r['ratio'], r['target'])]
+
+
+TEXT = {'P7': p7_text, 'P8': p8_text, 'P1': p1_text, 'P2': p2_text, 'P3': p3_text, 'P4': p4_text, 'P5': p5_text, 'P6': p6_text}
 
 
 def headline(fid, r):
@@ -376,6 +401,11 @@ def headline(fid, r):
         if fid == 'P5':
             return '%s request(s) per host per module; re-run %s (%d hosts)' % (
                 r['worst_requests_per_host_per_module'], sec(r['rerun_wall_direct'].get('median')), r['hosts'])
+        if fid == 'P7':
+            return 'worst live pause %s' % ms(r['worst_live_pause_sec'])
+        if fid == 'P8':
+            return '%s (plugin %s MiB/s, curl %s MiB/s; peak RSS %s MiB)' % (
+                r['ratio'], r['plugin_mib_s']['median'], r['curl_mib_s']['median'], r['plugin_peak_rss_mib'])
         if fid == 'P6':
             p = r['phases']['dumping']
             return 'p99 %.1f ms (p50 %.1f ms; idle p99 %.1f ms)' % (p['p99'], p['median'], r['phases']['idle']['p99'])
@@ -402,9 +432,11 @@ def write():
     titles = {'P1': 'completion → `memdump_wait` returns', 'P2': 'HTTP requests per VM while waiting on a ~60 s dump',
               'P3': 'service dump incl. SHA-256 / `virsh dump --memory-only` (1 GiB, random RAM)',
               'P4': '200-task playbook with InfluxDB callback / without', 'P5': 're-run of a finished incident, many hosts',
-              'P6': 'status latency, 200 concurrent clients, 2 dumps running'}
+              'P6': 'status latency, 200 concurrent clients, 2 dumps running',
+              'P7': 'guest pause, live / memory-only dumps (1, 2, 4 GiB, idle Linux guest)',
+              'P8': 'collection throughput, memdump_collect / `curl -o`'}
     targets = {'P1': 'p50 ≤ 50 ms', 'P2': '≤ 3', 'P3': '≤ 1.10', 'P4': '≤ 1.02; down/not answering ≤ 1.05',
-               'P5': '≤ 1 request per host per module', 'P6': 'p99 < 50 ms'}
+               'P5': '≤ 1 request per host per module', 'P6': 'p99 < 50 ms', 'P7': 'live pause ≤ 50 ms', 'P8': '≥ 0.80, flat RSS'}
     for fid in FIGURES:
         out.append('| %s | %s | %s | %s | %s |' % (fid, titles[fid], targets[fid], headline(fid, results[fid]), verdict(results[fid])))
     out += ['', '## Conditions', '',

@@ -2,7 +2,8 @@
 # `make bench`: the benchmarks of issue 7, written to docs/performance.md.
 #
 #   bash bench/run.sh            every figure (P1..P6), ~12 minutes
-#   bash bench/run.sh P3 P6      some figures; docs/performance.md keeps the others' last results
+#   bash bench/run.sh P3 P6      some figures (P7, live vs memory-only, and P8, collection throughput, only when named)
+#  ; docs/performance.md keeps the others' last results
 #
 # Uses the stack of tests/stack/stack.sh: a running one (its env file) or, when none runs, its own
 # (`install` + `up`, and `down` at the end). Adds the bench guests with `stack.sh bench-up` and
@@ -18,11 +19,11 @@ limit=${MEMDUMP_BENCH_FIGURE_TIMEOUT:-600}
 export PATH="$venv/bin:$PATH" MEMDUMP_REPO="$repo" MEMDUMP_BENCH_RESULTS="$results" PYTHONDONTWRITEBYTECODE=1
 
 declare -A scripts=([P1]=p1_latency.py [P2]=p2_requests.py [P3]=p3_throughput.py [P4]=p4_callback.py
-                    [P5]=p5_rerun.py [P6]=p6_status_load.py)
+                    [P5]=p5_rerun.py [P6]=p6_status_load.py [P7]=p7_live.py [P8]=p8_collect.py)
 figures=("$@")
 [ ${#figures[@]} -gt 0 ] || figures=(P1 P2 P3 P4 P5 P6)
 for f in "${figures[@]}"; do
-  [ -n "${scripts[$f]:-}" ] || { echo "unknown figure $f (P1..P6)" >&2; exit 2; }
+  [ -n "${scripts[$f]:-}" ] || { echo "unknown figure $f (P1..P8)" >&2; exit 2; }
 done
 
 log() { printf '\n=== %s\n' "$*" >&2; }

@@ -17,7 +17,8 @@ description:
     V(vmforensics.memdump.memdump_wait) and V(vmforensics.memdump.memdump_info) tasks of a run,
     and one point per run, to InfluxDB.
   - Dump points go to the measurement O(measurement) (default C(memdump)) with the tags C(host)
-    (inventory host), C(vm), C(state), C(format) and C(label) and the fields C(dump_id),
+    (inventory host), C(vm), C(state), C(method) (C(memory-only) or C(live), if the service reports it), C(format)
+    and C(label) and the fields C(dump_id),
     C(duration_sec), C(size_bytes), C(sha256), C(dump_path), C(message), C(progress), C(paused_sec)
     and C(service_host). Their timestamp is the dump's C(finished_at) (its C(started_at), then
     C(created_at), while unfinished), so sending a point again overwrites it instead of duplicating it.
@@ -89,6 +90,7 @@ EXAMPLES = r"""
 import atexit
 import datetime
 import fcntl
+import json
 import os
 import threading
 import time
@@ -114,7 +116,7 @@ except ImportError:
 
 MODULES = ('memdump_trigger', 'memdump_wait', 'memdump_info')
 ACTIONS = frozenset(['vmforensics.memdump.%s' % m for m in MODULES])
-TAGS = ('vm', 'state', 'format', 'label')
+TAGS = ('vm', 'state', 'method', 'format', 'label')
 STRING_FIELDS = ('dump_id', 'sha256', 'dump_path', 'message')
 FLOAT_FIELDS = ('duration_sec', 'progress', 'paused_sec')
 SPOOL_SUFFIX = '.lp'
@@ -221,6 +223,27 @@ class DumpBuffer(object):
         return len(self.order)
 
 
+def encode_spooled(lines):
+    """One JSON string per line, ASCII only: no character of a point (a newline, U+2028, U+0085 in a
+    VM name...) can split it into several when the spool is read back."""
+    return ''.join(json.dumps(line, ensure_ascii=True) + '\n' for line in lines)
+
+
+def decode_spooled(text):
+    """The points of a spool file written by :func:`encode_spooled`; a line that is not one is skipped."""
+    points = []
+    for raw in text.split('\n'):
+        if not raw.strip():
+            continue
+        try:
+            point = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(point, str) and point.strip():
+            points.append(point)
+    return points
+
+
 class Spool(object):
     """Line-protocol files of points not yet delivered, in a 0700 directory.
 
@@ -272,7 +295,7 @@ class Spool(object):
         for path in self.files():
             try:
                 with open(path, encoding='utf-8') as f:
-                    lines.extend(line for line in f.read().splitlines() if line.strip())
+                    lines.extend(decode_spooled(f.read()))
                 files.append(path)
             except (OSError, UnicodeDecodeError):
                 continue
@@ -308,7 +331,7 @@ class Spool(object):
             tmp = path + '.tmp'
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                f.write('\n'.join(kept) + '\n')
+                f.write(encode_spooled(kept))
             os.rename(tmp, path)
         self.remove(replaces)
         return path, dropped
@@ -319,7 +342,7 @@ class Spool(object):
         path = os.path.join(self.directory, 'rejected-%020d-%d%s' % (time.time_ns(), os.getpid(), SPOOL_SUFFIX))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write('\n'.join(lines) + '\n')
+            f.write(encode_spooled(lines))
         return path
 
     @staticmethod

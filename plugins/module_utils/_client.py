@@ -122,29 +122,20 @@ class MemdumpClient(object):
                 url += '?' + urlencode(pairs)
         return url
 
-    def request(self, method, path, query=None, body=None, timeout=None, auth=True):
-        """One HTTP request; returns ``(status, parsed JSON or None)``.
+    def _open(self, method, path, query=None, data=None, headers=None, timeout=None, auth=True):
+        """Sends one request and returns the open response; every failure becomes a :class:`MemdumpError`.
 
-        ``query`` is a list of ``(name, value)`` pairs (repeatable names allowed).
-        ``timeout`` overrides the per-request timeout (long-polls add their wait to it).
+        Redirects are never followed: the service never sends one, and following it would carry the
+        token to wherever it points (another host included).
         """
         url = self._full_url(path, query)
-        headers = {'Accept': 'application/json'}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode('utf-8')
-            headers['Content-Type'] = 'application/json'
+        headers = dict(headers or {})
         if auth and self.token:
             headers['Authorization'] = 'Bearer %s' % self.token
         req = Request(headers=headers, validate_certs=self.validate_certs, ca_path=self.ca_path,
-                      follow_redirects='safe', timeout=timeout or self.timeout)
+                      follow_redirects='none', timeout=timeout or self.timeout)
         try:
-            resp = req.open(method, url, data=data)
-            try:
-                raw = resp.read()
-                status = resp.getcode()
-            finally:
-                resp.close()
+            return req.open(method, url, data=data)
         except urllib.error.HTTPError as e:
             try:
                 raw = e.read()
@@ -156,6 +147,9 @@ class MemdumpClient(object):
                     'the memdump service at %s rejected the request (HTTP 401: %s): set token or MEMDUMP_SERVICE_TOKEN '
                     'to the service\'s bearer token' % (self.url, detail or 'unauthorized'),
                     url=url, status=401, detail=detail)
+            if 300 <= e.code < 400:
+                detail = ('the answer redirects to %s, which is not followed (the token is sent only to %s): check url'
+                          % (e.headers.get('Location'), self.url))
             raise MemdumpHTTPError(
                 '%s %s failed with HTTP %s: %s' % (method, url, e.code, detail or to_text(e.reason)),
                 url=url, status=e.code, detail=detail, body=raw)
@@ -168,6 +162,28 @@ class MemdumpClient(object):
             raise MemdumpConnectionError(
                 'cannot reach the memdump service at %s (%s %s): %s; check url (or MEMDUMP_SERVICE_URL) and that '
                 'the service is running' % (self.url, method, path, to_text(reason)), url=url)
+
+    def request(self, method, path, query=None, body=None, timeout=None, auth=True):
+        """One HTTP request; returns ``(status, parsed JSON or None)``.
+
+        ``query`` is a list of ``(name, value)`` pairs (repeatable names allowed).
+        ``timeout`` overrides the per-request timeout (long-polls add their wait to it).
+        """
+        headers = {'Accept': 'application/json'}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode('utf-8')
+            headers['Content-Type'] = 'application/json'
+        resp = self._open(method, path, query=query, data=data, headers=headers, timeout=timeout, auth=auth)
+        url = self._full_url(path, query)
+        try:
+            raw = resp.read()
+            status = resp.getcode()
+        except (http.client.HTTPException, socket.timeout, OSError) as e:
+            raise MemdumpConnectionError('the connection to the memdump service at %s broke while reading the answer to '
+                                         '%s %s: %s' % (self.url, method, path, to_text(e)), url=url)
+        finally:
+            resp.close()
         if not raw:
             return status, None
         try:
@@ -245,7 +261,7 @@ class MemdumpClient(object):
         next_before = answer.get('next_before') if isinstance(answer, dict) else None
         return dumps_of(answer), marker_of(answer), next_before if isinstance(next_before, str) else None
 
-    def create_dumps(self, vms, label=None, fmt=None, force=False, request_id=None, dry_run=False):
+    def create_dumps(self, vms, label=None, fmt=None, force=False, request_id=None, dry_run=False, method=None):
         """``POST /api/dumps``; returns the records, in the order of ``vms``.
 
         With ``dry_run`` the service creates nothing and answers what it would do; only send it to a
@@ -256,9 +272,37 @@ class MemdumpClient(object):
             body['label'] = label
         if fmt:
             body['format'] = fmt
+        if method:
+            body['method'] = method
         if request_id:
             body['request_id'] = request_id
         if dry_run:
             body['dry_run'] = True
         dummy, answer = self.request('POST', '/api/dumps', body=body)
         return dumps_of(answer)
+
+    # -- added for collection and custody (issue 14) ------------------------------------------
+
+    def get_dump(self, dump_id):
+        """``GET /api/dumps/{dump_id}``: the record (without the answer's ``marker``)."""
+        dummy, answer = self.request('GET', '/api/dumps/%s' % dump_id)
+        if not isinstance(answer, dict):
+            raise MemdumpError('unexpected answer from the memdump service for dump %s: %s'
+                               % (dump_id, to_text(json.dumps(answer))[:300]))
+        answer.pop('marker', None)
+        return answer
+
+    def delete_dump(self, dump_id):
+        """``DELETE /api/dumps/{dump_id}``: deletes the image (the record is kept); returns the record."""
+        dummy, answer = self.request('DELETE', '/api/dumps/%s' % dump_id)
+        return answer if isinstance(answer, dict) else {}
+
+    def open_file(self, dump_id, offset=0, timeout=None):
+        """``GET /api/dumps/{dump_id}/file`` from byte ``offset`` (``Range: bytes=N-``): the open response.
+
+        The caller reads it in chunks and closes it. Raises like :meth:`request` (no redirect is followed).
+        """
+        headers = {'Accept': 'application/octet-stream', 'Accept-Encoding': 'identity'}
+        if offset:
+            headers['Range'] = 'bytes=%d-' % offset
+        return self._open('GET', '/api/dumps/%s/file' % dump_id, headers=headers, timeout=timeout)

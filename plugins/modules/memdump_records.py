@@ -136,6 +136,10 @@ records:
       description: V(queued), V(running), V(completed) or V(failed).
       type: str
       sample: completed
+    method:
+      description: V(memory-only) or V(live), if the service reported it.
+      type: str
+      sample: live
     format:
       description: Dump format.
       type: str
@@ -228,7 +232,7 @@ from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb impo
 )
 
 STATES = ['queued', 'running', 'completed', 'failed']
-RECORD_KEYS = ('time', 'host', 'vm', 'state', 'format', 'label', 'dump_id', 'duration_sec', 'size_bytes', 'sha256',
+RECORD_KEYS = ('time', 'host', 'vm', 'state', 'method', 'format', 'label', 'dump_id', 'duration_sec', 'size_bytes', 'sha256',
                'dump_path', 'message', 'progress', 'paused_sec', 'service_host')
 _AGE = re.compile(r'^(\d+)(ns|u|ms|s|m|h|d|w)$')
 _NOW_MINUS = re.compile(r'^now\(\)(?:\s*-\s*(\d+(?:ns|u|ms|s|m|h|d|w)))?$')

@@ -72,8 +72,20 @@ options:
       - Which kdump compressions work depends on the QEMU build of the host; V(win-dmp) needs a
         Windows guest.
       - If not set, the service's default (V(elf)) is used.
+      - A live dump (O(method=live)) always writes QEMU's migration stream, format C(qemu-migration); leave this unset then.
     type: str
     choices: [elf, kdump-zlib, kdump-lzo, kdump-snappy, win-dmp]
+  method:
+    description:
+      - How the service dumps the guest.
+      - V(memory-only) pauses the guest for the whole dump (seconds per GiB) and gives an image in O(format).
+      - V(live) keeps the guest running and pauses it only for the last pages (milliseconds); the image is QEMU's
+        migration stream (suffix C(.qevm)), which Volatility 3 reads but C(crash) and C(gdb) do not.
+      - If not set, nothing is sent and the service's default (V(memory-only)) applies.
+      - V(live) needs a service whose C(/health) lists it in C(methods); otherwise the module fails before sending
+        anything, because a service without the field would ignore it and pause the guest.
+    type: str
+    choices: [memory-only, live]
   force:
     description:
       - Start a new dump even if a C(completed) dump with O(label) exists.
@@ -125,6 +137,17 @@ EXAMPLES = r'''
         label: IR-2026-042
         format: kdump-zlib
         force: true
+
+- name: Dump a production database guest without stopping it
+  hosts: hv01
+  gather_facts: false
+  tasks:
+    - name: Live dump (paused for milliseconds; the image is read by Volatility 3)
+      vmforensics.memdump.memdump_trigger:
+        url: http://127.0.0.1:5001
+        vms: [db01]
+        label: IR-2026-042
+        method: live
 '''
 
 RETURN = r'''
@@ -193,7 +216,7 @@ request_id:
 import time
 import uuid
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._client import FORMATS, MemdumpConnectionError
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import FORMATS, MemdumpConnectionError, MemdumpHTTPError
 from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
 
 # A POST whose connection dropped is sent again (same request_id) this many times in all.
@@ -206,10 +229,10 @@ def unique(items):
     return [x for x in items if not (x in seen or seen.add(x))]
 
 
-def post_with_retry(client, vms, label, fmt, force, request_id=None, dry_run=False, sleep=time.sleep):
+def post_with_retry(client, vms, label, fmt, force, method, request_id=None, dry_run=False, sleep=time.sleep):
     for attempt in range(1, POST_ATTEMPTS + 1):
         try:
-            return client.create_dumps(vms, label=label, fmt=fmt, force=force, request_id=request_id, dry_run=dry_run)
+            return client.create_dumps(vms, label=label, fmt=fmt, force=force, request_id=request_id, dry_run=dry_run, method=method)
         except MemdumpConnectionError:
             if attempt == POST_ATTEMPTS:
                 raise
@@ -217,10 +240,19 @@ def post_with_retry(client, vms, label, fmt, force, request_id=None, dry_run=Fal
     raise AssertionError('unreachable')  # pragma: no cover
 
 
-def predict(client, vms, label, fmt, force):
+def offers_method(client, method):
+    """Whether the service's /health lists method; one without the field (older, or only the core API) does not."""
+    try:
+        methods = client.health().get('methods')
+    except MemdumpHTTPError:
+        return False
+    return isinstance(methods, list) and method in methods
+
+
+def predict(client, vms, label, fmt, force, method):
     """Check mode: the service's own answer to a dry run, or "every VM gets a new dump" without one."""
     if 'dry_run' in client.features():
-        return post_with_retry(client, vms, label, fmt, force, dry_run=True)
+        return post_with_retry(client, vms, label, fmt, force, method, dry_run=True)
     # A service without the feature would ignore dry_run and really dump: send nothing.
     return [{'vm': vm, 'dump_id': None, 'state': None, 'label': label, 'format': fmt, 'created': True} for vm in vms]
 
@@ -229,16 +261,19 @@ def run(module):
     params = module.params
     client = module.client
     vms = unique(params['vms'])
-    label, fmt, force = params['label'], params['format'], params['force']
+    label, fmt, force, method = params['label'], params['format'], params['force'], params['method']
     if not vms:
         module.fail_json(msg='vms must name at least one VM')
+    if method == 'live' and not offers_method(client, method):
+        module.fail_json(msg='the memdump service at %s does not offer live dumps (its /health lists no method live); '
+                             'update the service or use method memory-only' % client.url)
 
     request_id = None
     if module.check_mode:
-        answer = predict(client, vms, label, fmt, force)
+        answer = predict(client, vms, label, fmt, force, method)
     else:
         request_id = str(uuid.uuid4())
-        answer = post_with_retry(client, vms, label, fmt, force, request_id=request_id)
+        answer = post_with_retry(client, vms, label, fmt, force, method, request_id=request_id)
     by_vm = dict((r.get('vm'), r) for r in answer if isinstance(r, dict))
     dumps = []
     for vm in vms:
@@ -265,6 +300,7 @@ def main():
         vms=dict(type='list', elements='str', required=True, aliases=['vm_ids']),
         label=dict(type='str'),
         format=dict(type='str', choices=list(FORMATS)),
+        method=dict(type='str', choices=['memory-only', 'live']),
         force=dict(type='bool', default=False),
     )
     module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import typing as t
+import unicodedata
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -11,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from memdump_service.errors import BadRequest, error, error_responses
+from memdump_service.audit import note
+from memdump_service.auth import access
+from memdump_service.errors import AUTH_ERRORS, BadRequest, error, error_responses
 from memdump_service.jobs import JobManager, RequestConflict, shorten
-from memdump_service.virt import FORMATS
+from memdump_service.virt import FORMATS, LIVE_FORMAT, METHODS
 
 MAX_NAME = 255
 MAX_VMS = 1000
@@ -23,6 +26,11 @@ DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
 LABEL_RE = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
 STATES = ("queued", "running", "completed", "failed")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Control characters (C0, DEL, C1) and the line and paragraph separators: everything str.splitlines() splits on.
+REFUSED_CATEGORIES = ("Cc", "Zl", "Zp")
+
+Model = t.TypeVar("Model", bound=BaseModel)
 
 router = APIRouter()
 
@@ -35,8 +43,8 @@ def check_text(value: t.Any, what: str, max_len: int) -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > max_len:
         raise ValueError(f"{what} is {len(value)} characters long; at most {max_len} are allowed")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError(f"{what} {value!r} contains NUL or control characters")
+    if any(unicodedata.category(char) in REFUSED_CATEGORIES for char in value):
+        raise ValueError(f"{what} {value!r} contains NUL, control or line-break characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -68,7 +76,10 @@ class DumpRequest(BaseModel):
     vm_ids: t.Optional[t.List[VmName]] = Field(default=None, min_length=1, max_length=MAX_VMS,
                                                description="the same as vms (used when vms is absent)")
     label: t.Optional[str] = Field(default=None, pattern=LABEL_RE.pattern, description="incident label, 1-128 chars of [A-Za-z0-9._:@+-]")
-    format: str = Field(default="elf", description="image format", json_schema_extra={"enum": list(FORMATS)})
+    method: str = Field(default="memory-only", description="memory-only (the guest is paused for the whole dump) or live (it keeps "
+                        "running; QEMU's migration stream, read by Volatility 3)", json_schema_extra={"enum": list(METHODS)})
+    format: t.Optional[str] = Field(default=None, description=f"image format (default elf; {LIVE_FORMAT}, the only one, for live)",
+                                    json_schema_extra={"enum": list(FORMATS)})
     force: bool = Field(default=False, description="take a new dump even if one with this label completed")
     request_id: t.Optional[str] = Field(default=None, min_length=1, max_length=MAX_TEXT,
                                         description="client-chosen id that makes retries idempotent")
@@ -110,11 +121,20 @@ class DumpRequest(BaseModel):
                 raise ValueError(f"label {value!r} may only contain letters, digits and . _ : @ + -")
         return value
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _check_method(cls, value: t.Any) -> t.Any:
+        if value is None:
+            return "memory-only"
+        if not isinstance(value, str) or value not in METHODS:
+            raise ValueError(f"unknown method {shorten(str(value))!r}; use one of {', '.join(METHODS)}")
+        return value
+
     @field_validator("format", mode="before")
     @classmethod
     def _check_format(cls, value: t.Any) -> t.Any:
         if value is None:
-            return "elf"
+            return None
         if not isinstance(value, str) or value not in FORMATS:
             raise ValueError(f"unknown format {value!r}; use one of {', '.join(FORMATS)}")
         return value
@@ -133,6 +153,13 @@ class DumpRequest(BaseModel):
     def _check_some_vms(self) -> "DumpRequest":
         if self.vms is None and self.vm_ids is None:
             raise ValueError('give the VMs to dump as "vms": ["vm1", ...] (or "vm_ids")')
+        live = self.method == "live"
+        if live and self.format not in (None, LIVE_FORMAT):
+            raise ValueError(f"format {self.format} is for memory-only dumps; a live dump writes QEMU's migration stream "
+                             f"(format {LIVE_FORMAT})")
+        if not live and self.format == LIVE_FORMAT:
+            raise ValueError(f'format {LIVE_FORMAT} is what a live dump writes: give "method": "live"')
+        self.format = self.format or (LIVE_FORMAT if live else "elf")
         return self
 
     @property
@@ -141,13 +168,28 @@ class DumpRequest(BaseModel):
         return self.vms if self.vms is not None else self.vm_ids or []
 
 
-def explain(exc: ValidationError) -> str:
+class CollectedRequest(BaseModel):
+    """Body of POST /api/dumps/{dump_id}/collected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=SHA256_RE.pattern, description="hex SHA-256 of the copy the client collected and verified")
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _check_sha256(cls, value: t.Any) -> t.Any:
+        if not isinstance(value, str) or not SHA256_RE.match(value.lower()):
+            raise ValueError(f"sha256 must be 64 hex digits, got {shorten(str(value))!r}")
+        return value.lower()
+
+
+def explain(exc: ValidationError, model: t.Type[BaseModel]) -> str:
     """One message for every problem of a POST body: the validators' own words, unknown fields by name."""
     problems = []
     unknown = [str(item["loc"][0]) for item in exc.errors() if item["type"] == "extra_forbidden"]
     if unknown:
         names = ", ".join(repr(shorten(name)) for name in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        problems.append(f"unknown field{'s' if len(unknown) > 1 else ''} {names}; the body takes {', '.join(DumpRequest.model_fields)}")
+        problems.append(f"unknown field{'s' if len(unknown) > 1 else ''} {names}; the body takes {', '.join(model.model_fields)}")
     for item in exc.errors():
         cause = item.get("ctx", {}).get("error")
         if item["type"] == "value_error" and cause is not None:
@@ -157,16 +199,16 @@ def explain(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def parse_dump_request(body: t.Any) -> DumpRequest:
-    """The POST body as a DumpRequest; BadRequest (400) says what is wrong."""
+def parse_body(model: t.Type[Model], body: t.Any) -> Model:
+    """A POST body as the model; BadRequest (400) says what is wrong."""
     try:
-        return DumpRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
-        raise BadRequest(explain(exc)) from None
+        raise BadRequest(explain(exc, model)) from None
 
 
-async def read_json_body(request: Request, max_body: int) -> t.Dict[str, t.Any]:
-    """The request body as a JSON object, with a clear 4xx otherwise."""
+async def read_json_body(request: Request, max_body: int, example: str) -> t.Dict[str, t.Any]:
+    """The request body as a JSON object, with a clear 4xx otherwise (naming an example of a good body)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(f"send the body as application/json, not {ctype}", 415)
@@ -179,13 +221,13 @@ async def read_json_body(request: Request, max_body: int) -> t.Dict[str, t.Any]:
         if len(raw) > max_body:
             raise BadRequest(f"request body is larger than {max_body} bytes", 413)
     if not raw.strip():
-        raise BadRequest('request body is empty; send a JSON object like {"vms": ["vm1"]}')
+        raise BadRequest(f"request body is empty; send a JSON object like {example}")
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f'request body is not valid JSON ({exc}); send a JSON object like {{"vms": ["vm1"]}}') from exc
+        raise BadRequest(f"request body is not valid JSON ({exc}); send a JSON object like {example}") from exc
     if not isinstance(body, dict):
-        raise BadRequest('request body must be a JSON object like {"vms": ["vm1"]}')
+        raise BadRequest(f"request body must be a JSON object like {example}")
     return body
 
 
@@ -214,37 +256,43 @@ def job_manager(request: Request) -> JobManager:
 
 WAIT = Query(default=0.0, ge=0, le=MAX_WAIT, description="hold the answer up to this many seconds while the marker is unchanged")
 MARKER = Query(default=None, description="the marker of an earlier answer")
-# The body is read and validated by hand (413/415/400 with clear messages); the model documents it.
-POST_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": DumpRequest.model_json_schema()}}}}
+
+
+def json_body(model: t.Type[BaseModel]) -> t.Dict[str, t.Any]:
+    """The OpenAPI request body of a route that reads and validates its body by hand (413/415/400 with clear messages)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 # JobManager calls take a thread lock that dump workers hold while they write SQLite: async handlers
 # hand them to the thread pool (sync handlers run there anyway), so that the event loop, which also
 # holds the long-polls, never waits for that lock.
-@router.post("/api/dumps", status_code=202, openapi_extra=POST_BODY,
+@router.post("/api/dumps", status_code=202, openapi_extra=json_body(DumpRequest),
              responses={200: {"description": "dry run: the dumps that would be reused or created; nothing was created"},
-                        **error_responses(400, 401, 409, 413, 415)})
+                        **error_responses(400, 409, 413, 415, *AUTH_ERRORS)})
+@access("trigger")
 async def create_dumps(request: Request, jobs: JobManager = Depends(job_manager)) -> JSONResponse:
-    """Start (or reuse) one dump per VM; with dry_run, only say what that would do."""
-    order = parse_dump_request(await read_json_body(request, jobs.settings.max_body))
+    """Start (or reuse) one dump per VM; with dry_run, only say what that would do. Scope trigger."""
+    order = parse_body(DumpRequest, await read_json_body(request, jobs.settings.max_body, '{"vms": ["vm1"]}'))
     try:
         dumps, marker = await run_in_threadpool(jobs.create, order.vm_names, label=order.label, fmt=order.format, force=order.force,
-                                                request_id=order.request_id, dry_run=order.dry_run)
+                                                request_id=order.request_id, dry_run=order.dry_run, method=order.method)
     except RequestConflict as exc:
         return error(409, str(exc))
+    note(request.scope, dump_ids=[item["dump_id"] for item in dumps], vms=order.vm_names, dry_run=order.dry_run)
     if order.dry_run:
         return JSONResponse({"dumps": dumps, "marker": marker, "dry_run": True})
     return JSONResponse({"dumps": dumps, "marker": marker}, status_code=202)
 
 
-@router.get("/api/dumps", responses=error_responses(400, 401, 422))
+@router.get("/api/dumps", responses=error_responses(400, 422, *AUTH_ERRORS))
+@access("read")
 async def list_dumps(jobs: JobManager = Depends(job_manager), vm: t.List[str] = Query(default=[]), label: t.Optional[str] = None,
                      state: t.Optional[str] = None, dump_id: t.List[str] = Query(default=[]),
                      limit: int = Query(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="at most this many records"),
                      before: t.Optional[str] = Query(default=None, description="only records older than this dump_id (next_before of "
                                                      "the previous page)"),
                      wait: float = WAIT, marker: t.Optional[int] = MARKER) -> JSONResponse:
-    """Records, newest first, one page at a time."""
+    """Records, newest first, one page at a time. Scope read."""
     if state is not None and state not in STATES:
         raise BadRequest(f"unknown state {shorten(state)!r}; use one of {', '.join(STATES)}")
     if before is not None and await run_in_threadpool(jobs.get, before) is None:
@@ -259,10 +307,11 @@ async def list_dumps(jobs: JobManager = Depends(job_manager), vm: t.List[str] = 
     return JSONResponse({"dumps": dumps, "vms": per_vm, "marker": current, "next_before": next_before})
 
 
-@router.get("/api/dumps/{dump_id}", responses=error_responses(401, 404, 422))
+@router.get("/api/dumps/{dump_id}", responses=error_responses(404, 422, *AUTH_ERRORS))
+@access("read")
 async def get_dump(dump_id: str, jobs: JobManager = Depends(job_manager), wait: float = WAIT,
                    marker: t.Optional[int] = MARKER) -> JSONResponse:
-    """One record."""
+    """One record. Scope read."""
     if await run_in_threadpool(jobs.get, dump_id) is None:
         return error(404, f"dump {shorten(dump_id)} not found")
     if wait > 0 and marker is not None:
@@ -273,9 +322,10 @@ async def get_dump(dump_id: str, jobs: JobManager = Depends(job_manager), wait: 
 
 
 @router.get("/api/dumps/{dump_id}/file", response_class=FileResponse,
-            responses={206: {"description": "the requested range"}, **error_responses(400, 401, 404, 409, 410, 416)})
+            responses={206: {"description": "the requested range"}, **error_responses(400, 404, 409, 410, 416, *AUTH_ERRORS)})
+@access("collect")
 def get_file(dump_id: str, request: Request, jobs: JobManager = Depends(job_manager)) -> t.Any:
-    """The image of a completed dump."""
+    """The image of a completed dump. Scope collect."""
     record = jobs.get(dump_id)
     if record is None:
         return error(404, f"dump {shorten(dump_id)} not found")
@@ -293,9 +343,22 @@ def get_file(dump_id: str, request: Request, jobs: JobManager = Depends(job_mana
                         headers={"X-Memdump-SHA256": record["sha256"]})
 
 
-@router.delete("/api/dumps/{dump_id}", responses=error_responses(401, 404, 409))
+@router.post("/api/dumps/{dump_id}/collected", openapi_extra=json_body(CollectedRequest),
+             responses=error_responses(400, 404, 409, 413, 415, *AUTH_ERRORS))
+@access("collect")
+async def mark_collected(dump_id: str, request: Request, jobs: JobManager = Depends(job_manager)) -> JSONResponse:
+    """Record that the client holds a verified copy of the image (what retention waits for). Scope collect."""
+    order = parse_body(CollectedRequest, await read_json_body(request, jobs.settings.max_body, '{"sha256": "<64 hex digits>"}'))
+    status, result = await run_in_threadpool(jobs.mark_collected, dump_id, order.sha256)
+    if status != 200:
+        return error(status, result)
+    return JSONResponse(result)
+
+
+@router.delete("/api/dumps/{dump_id}", responses=error_responses(404, 409, *AUTH_ERRORS))
+@access("delete")
 def delete_dump(dump_id: str, jobs: JobManager = Depends(job_manager)) -> JSONResponse:
-    """Cancel a queued dump or delete a finished one's image."""
+    """Cancel a queued dump or delete a finished one's image. Scope delete."""
     status, result = jobs.delete(dump_id)
     if status != 200:
         return error(status, result)

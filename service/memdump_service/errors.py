@@ -13,10 +13,13 @@ class ErrorAnswer(BaseModel):
 
 
 ERROR_TEXT = {
-    400: "invalid input", 401: "missing or invalid bearer token", 404: "no such dump", 409: "conflicts with the dump's state",
-    410: "the image was deleted or is missing", 413: "request body too large", 415: "body is not JSON",
-    416: "range not satisfiable", 422: "invalid parameter",
+    400: "invalid input", 401: "missing or invalid bearer token", 403: "the client lacks the scope this route needs",
+    404: "no such dump", 409: "conflicts with the dump's state", 410: "the image was deleted or is missing",
+    413: "request body too large", 415: "body is not JSON", 416: "range not satisfiable", 422: "invalid parameter",
+    503: "authentication is unavailable (the service's token file is unusable)",
 }
+# What any route that needs a token may answer.
+AUTH_ERRORS = (401, 403, 503)
 
 
 class BadRequest(Exception):

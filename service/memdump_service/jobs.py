@@ -12,9 +12,10 @@ import time
 import typing as t
 import uuid
 
+from memdump_service import audit
 from memdump_service.config import Settings
 from memdump_service.store import Store
-from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, remove_quietly
+from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, free_bytes, remove_quietly
 
 LOG = logging.getLogger("memdump_service")
 
@@ -55,9 +56,10 @@ class RequestConflict(Exception):
 
 
 class Notifier:
-    """Wakes asyncio waiters (in any event loop) from any thread."""
+    """Wakes asyncio waiters (in any event loop) from any thread; holds at most capacity of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self._lock = threading.Lock()
         self._waiters: t.Set[t.Tuple[asyncio.AbstractEventLoop, asyncio.Future]] = set()
 
@@ -73,10 +75,13 @@ class Notifier:
                 pass
 
     async def wait(self, unchanged: t.Callable[[], bool], timeout: float) -> None:
-        """Return when notified or after timeout, at once if unchanged() is already false."""
+        """Return when notified or after timeout; at once if unchanged() is already false or capacity waiters are held
+        (clients ask again, so a full house costs them a round trip, not an answer)."""
         loop = asyncio.get_running_loop()
         entry = (loop, loop.create_future())
         with self._lock:
+            if len(self._waiters) >= self.capacity:
+                return
             self._waiters.add(entry)
         try:
             if unchanged():
@@ -101,12 +106,16 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         self.virt = virt or Libvirt(settings.libvirt_uri)
         self.host = socket.gethostname()
         self.store = Store(settings.state_file)
-        self.notifier = Notifier()
+        self.notifier = Notifier(settings.max_waiters)
         self._lock = threading.RLock()
         self._records: t.Dict[str, t.Dict[str, t.Any]] = {}
         self._queue: t.Deque[str] = collections.deque()
         self._running: t.Set[str] = set()
         self._threads: t.List[threading.Thread] = []
+        # Space each running dump was granted (guest memory + margin) and its job, which knows what it wrote so far.
+        self._reserved: t.Dict[str, t.Tuple[int, DumpJob]] = {}
+        self._wake_housekeeper = threading.Event()
+        self._housekeeper: t.Optional[threading.Thread] = None
         self._seq = 0
         self._stopping = False
         self.marker = int(self.store.get_meta("marker", "0"))
@@ -130,6 +139,9 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                     self._queue.append(record["dump_id"])
             self._sweep_partials()
             self._dispatch()
+        if self.settings.retention_days is not None or self.settings.max_bytes is not None:
+            self._housekeeper = threading.Thread(target=self._housekeep, name="memdump-retention", daemon=True)
+            self._housekeeper.start()
 
     def _sweep_partials(self) -> None:
         """Nothing runs yet: every temp file or FIFO in the dump dir is left over from a crash."""
@@ -142,7 +154,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         """Stop dispatching; wait a little for running dumps; close."""
         with self._lock:
             self._stopping = True
-            threads = list(self._threads)
+            threads = list(self._threads) + ([self._housekeeper] if self._housekeeper else [])
+        self._wake_housekeeper.set()
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -188,11 +201,12 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
 
     # ----- changes
     def create(self, vms: t.Sequence[str], label: t.Optional[str] = None, fmt: str = "elf", force: bool = False,
-               request_id: t.Optional[str] = None, dry_run: bool = False) -> t.Tuple[t.List[t.Dict[str, t.Any]], int]:
+               request_id: t.Optional[str] = None, dry_run: bool = False,
+               method: str = "memory-only") -> t.Tuple[t.List[t.Dict[str, t.Any]], int]:
         """Apply the reuse rules per VM; returns records (with 'created') in request order and the marker.
 
         With dry_run nothing is created, queued or recorded: a VM that would get a new dump is answered
-        with a record that has only vm, label and format (dump_id and state None).
+        with a record that has only vm, label, method and format (dump_id and state None).
         """
         with self._lock:
             if request_id is not None:
@@ -201,19 +215,21 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                     if earlier[0] != list(vms):
                         raise RequestConflict(f"request_id {request_id!r} was already used for VMs {earlier[0]}; use a new request_id")
                     return [dict(self.public(self._records[item["dump_id"]]), created=item["created"]) for item in earlier[1]], self.marker
-            reused = [(vm, self._reusable(vm, label, force)) for vm in vms]
+            reused = [(vm, self._reusable(vm, label, force, method, fmt)) for vm in vms]
             if dry_run:
                 return [dict(self.public(record), created=False) if record is not None else
-                        {"vm": vm, "dump_id": None, "state": None, "label": label, "format": fmt, "created": True}
+                        {"vm": vm, "dump_id": None, "state": None, "label": label, "method": method, "format": fmt, "created": True}
                         for vm, record in reused], self.marker
-            results = [(record, False) if record is not None else (self._new_record(vm, label, fmt), True) for vm, record in reused]
+            results = [(record, False) if record is not None else (self._new_record(vm, label, fmt, method), True)
+                       for vm, record in reused]
             if request_id is not None:
                 self.store.save_request(request_id, list(vms), [{"dump_id": r["dump_id"], "created": c} for r, c in results])
             self._dispatch()
             return [dict(self.public(r), created=c) for r, c in results], self.marker
 
-    def _reusable(self, vm: str, label: t.Optional[str], force: bool) -> t.Optional[t.Dict[str, t.Any]]:
-        """The reuse rules: the dump a request for vm gets instead of a new one, or None."""
+    def _reusable(self, vm: str, label: t.Optional[str], force: bool, method: str, fmt: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """The reuse rules: the dump a request for vm gets instead of a new one, or None. A completed dump counts only
+        if it is the kind of image asked for (method and format); an in-flight one always (never two at once)."""
         newest_done = None
         for record in self._records.values():
             if record["vm"] != vm:
@@ -221,17 +237,18 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             if record["state"] in IN_FLIGHT:
                 return record
             if (label is not None and not force and record["state"] == "completed" and record["label"] == label
+                    and record["method"] == method and record["format"] == fmt
                     and (newest_done is None or record["seq"] > newest_done["seq"])):
                 newest_done = record
         return newest_done
 
-    def _new_record(self, vm: str, label: t.Optional[str], fmt: str) -> t.Dict[str, t.Any]:
+    def _new_record(self, vm: str, label: t.Optional[str], fmt: str, method: str) -> t.Dict[str, t.Any]:
         self._seq += 1
         record = {
-            "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "format": fmt,
+            "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "method": method, "format": fmt,
             "state": None, "progress": 0.0, "message": "", "created_at": iso(utcnow()), "started_at": None,
             "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
-            "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host,
+            "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host, "collected_at": None,
         }
         self._records[record["dump_id"]] = record
         self._queue.append(record["dump_id"])
@@ -262,13 +279,79 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 self._queue.remove(dump_id)
                 self._transition(record, state="failed", message="cancelled by request", finished_at=iso(utcnow()))
                 return 200, self.public(record)
-            for path in (record.get("dump_path"), record.get("tmp_path")):
-                remove_quietly(path)
-            if not record["file_deleted"]:
-                record.update(file_deleted=True, dump_path=None)
-                self.store.save(record)
+            if self._remove_image(record):
                 LOG.info("dump %s vm=%s file deleted by request", dump_id, record["vm"])
             return 200, self.public(record)
+
+    def _remove_image(self, record: t.Dict[str, t.Any]) -> bool:
+        """Delete a finished dump's image (and any partial file), keeping the record; True if it was still there.
+        Caller holds the lock."""
+        for path in (record.get("dump_path"), record.get("tmp_path")):
+            remove_quietly(path)
+        if record["file_deleted"]:
+            return False
+        record.update(file_deleted=True, dump_path=None)
+        self.store.save(record)
+        return True
+
+    def mark_collected(self, dump_id: str, sha256: str) -> t.Tuple[int, t.Any]:
+        """Record that a client holds a copy of a completed dump's image whose hash it verified; (HTTP status, record
+        or message). Retention removes only images marked so (unless --retention-uncollected)."""
+        with self._lock:
+            record = self._records.get(dump_id)
+            if record is None:
+                return 404, f"dump {shorten(dump_id)} not found"
+            if record["state"] != "completed":
+                return 409, f"dump {dump_id} is {record['state']}; only the image of a completed dump can be collected"
+            if sha256 != record["sha256"]:
+                return 409, (f"sha256 {sha256} differs from the image's {record['sha256']}: the collected copy is not the image; "
+                             "download it again")
+            if record["collected_at"] is None:
+                record["collected_at"] = iso(utcnow())
+                self.store.save(record)
+                LOG.info("dump %s vm=%s collected: the client verified sha256 %s", dump_id, record["vm"], sha256)
+                self._wake_housekeeper.set()
+            return 200, self.public(record)
+
+    # ----- retention
+    def _housekeep(self) -> None:
+        """Retention every retention_interval seconds, and soon after each dump and each collection."""
+        while True:
+            self._wake_housekeeper.wait(self.settings.retention_interval)
+            self._wake_housekeeper.clear()
+            with self._lock:
+                if self._stopping:
+                    return
+            try:
+                self._apply_retention()
+            except Exception:  # pylint: disable=broad-exception-caught
+                LOG.exception("retention failed; it runs again in %s s", self.settings.retention_interval)
+
+    def _apply_retention(self) -> None:
+        """Remove the images that --retention-days and --max-bytes allow, oldest first: only collected ones unless
+        --retention-uncollected. One log line and one audit line each."""
+        days, max_bytes = self.settings.retention_days, self.settings.max_bytes
+        with self._lock:
+            kept = sorted((r for r in self._records.values() if r["state"] == "completed" and not r["file_deleted"]),
+                          key=lambda r: r["seq"])
+            total = sum(r["size_bytes"] or 0 for r in kept)
+            cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
+            for record in kept:
+                if not (record["collected_at"] or self.settings.retention_uncollected):
+                    continue
+                since = record["collected_at"] or record["finished_at"]
+                if cutoff is not None and since and parse_iso(since) < cutoff:
+                    reason = f"{'collected' if record['collected_at'] else 'finished'} more than {days:g} days ago (--retention-days)"
+                elif max_bytes is not None and total > max_bytes:
+                    reason = f"the images take {total} bytes, more than --max-bytes {max_bytes}"
+                else:
+                    continue
+                total -= record["size_bytes"] or 0
+                path = record["dump_path"]
+                self._remove_image(record)
+                LOG.info("dump %s vm=%s image %s removed by retention: %s", record["dump_id"], record["vm"], path, reason)
+                audit.write("retention", dump_id=record["dump_id"], vm=record["vm"], path=path, size_bytes=record["size_bytes"],
+                            sha256=record["sha256"], collected_at=record["collected_at"], reason=reason)
 
     # ----- workers
     def _dispatch(self) -> None:
@@ -290,6 +373,21 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             if record["state"] == "running":
                 record["progress"] = round(value, 1)
 
+    def _reserve(self, dump_id: str, job: DumpJob, memory: int) -> None:
+        """Grant a starting dump guest memory + margin out of the dump dir's free space less what the running dumps
+        were granted and have not written yet; DumpError (naming the bytes) when it does not fit."""
+        margin = self.settings.space_margin
+        needed = memory + margin
+        with self._lock:
+            free = free_bytes(self.settings.dump_dir)
+            unwritten = [granted - other.bytes_written() for other_id, (granted, other) in self._reserved.items() if other_id != dump_id]
+            holding = [amount for amount in unwritten if amount > 0]
+            if free - sum(holding) < needed:
+                also = f" of which {sum(holding)} are reserved by {len(holding)} running dump{'s' * (len(holding) > 1)}" if holding else ""
+                raise DumpError(f"not enough free space in {self.settings.dump_dir}: {needed} bytes needed (guest memory {memory} "
+                                f"+ margin {margin}), {free} free{also}")
+            self._reserved[dump_id] = (needed, job)
+
     def _set_uuid(self, record: t.Dict[str, t.Any], value: str) -> None:
         with self._lock:
             record["vm_uuid"] = value
@@ -298,15 +396,18 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
     def _work(self, dump_id: str, name: str) -> None:
         with self._lock:
             record = self._records[dump_id]
-            vm, fmt, tmp_path = record["vm"], record["format"], record["tmp_path"]
+            vm, fmt, tmp_path, method = record["vm"], record["format"], record["tmp_path"], record["method"]
         final_path = os.path.join(self.settings.dump_dir, name)
         job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path,
-                      os.path.join(self.settings.dump_dir, f".{dump_id}.fifo"), self.settings.progress_interval, self.settings.space_margin,
-                      self.settings.hash_mode)
+                      os.path.join(self.settings.dump_dir, f".{dump_id}.fifo"), self.settings.progress_interval, self.settings.hash_mode,
+                      method, self.settings.live_max_seconds, self.settings.live_max_downtime_ms)
         outcome: t.Dict[str, t.Any]
         try:
-            digest, size = job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value))
-            if job.memory_only:
+            digest, size = job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value),
+                                   lambda memory: self._reserve(dump_id, job, memory))
+            if job.live:
+                message = f"live dump completed: the guest kept running, paused {job.paused_sec} s for the last pages"
+            elif job.memory_only:
                 message = f"memory-only {fmt} dump completed"
             else:
                 message = f"full (not memory-only) {fmt} dump completed: libvirt's test driver cannot take memory-only dumps"
@@ -319,5 +420,7 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "paused_sec": job.paused_sec}
         with self._lock:
             self._running.discard(dump_id)
+            self._reserved.pop(dump_id, None)
             self._transition(record, finished_at=iso(utcnow()), tmp_path=None, **outcome)
             self._dispatch()
+        self._wake_housekeeper.set()

@@ -7,9 +7,9 @@ import threading
 import typing as t
 
 COLUMNS = (
-    "dump_id", "seq", "vm", "vm_uuid", "label", "format", "state", "progress", "message",
+    "dump_id", "seq", "vm", "vm_uuid", "label", "method", "format", "state", "progress", "message",
     "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
-    "size_bytes", "sha256", "paused_sec", "file_deleted", "host",
+    "size_bytes", "sha256", "paused_sec", "file_deleted", "host", "collected_at",
 )
 
 SCHEMA = """
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS dumps (
     vm TEXT NOT NULL,
     vm_uuid TEXT,
     label TEXT,
+    method TEXT NOT NULL DEFAULT 'memory-only',
     format TEXT NOT NULL,
     state TEXT NOT NULL,
     progress REAL NOT NULL DEFAULT 0,
@@ -33,7 +34,8 @@ CREATE TABLE IF NOT EXISTS dumps (
     sha256 TEXT,
     paused_sec REAL,
     file_deleted INTEGER NOT NULL DEFAULT 0,
-    host TEXT NOT NULL
+    host TEXT NOT NULL,
+    collected_at TEXT
 );
 CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
 CREATE TABLE IF NOT EXISTS requests (
@@ -61,6 +63,12 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            # Job databases written before collected_at or method existed (every dump then was memory-only).
+            known = {row["name"] for row in self._db.execute("PRAGMA table_info(dumps)")}
+            if "collected_at" not in known:
+                self._db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
+            if "method" not in known:
+                self._db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
         try:
             os.chmod(path, 0o600)
         except OSError:

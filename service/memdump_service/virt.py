@@ -27,15 +27,23 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024
 
-# Our format names -> libvirt VIR_DOMAIN_CORE_DUMP_FORMAT_* values and image file suffixes.
+# Our format names -> libvirt VIR_DOMAIN_CORE_DUMP_FORMAT_* values and image file suffixes. A live dump always writes
+# QEMU's migration stream (magic QEVM: libvirt's raw format without VIR_DUMP_MEMORY_ONLY), named LIVE_FORMAT here.
 FORMATS = {
     "elf": (0, "elf"),
     "kdump-zlib": (1, "kdump"),
     "kdump-lzo": (2, "kdump"),
     "kdump-snappy": (3, "kdump"),
     "win-dmp": (4, "dmp"),
+    "qemu-migration": (0, "qevm"),
 }
+LIVE_FORMAT = "qemu-migration"
+# memory-only: the guest is paused for the whole dump; live: it runs, paused only while QEMU sends the last dirty pages.
+METHODS = ("memory-only", "live")
+VIR_DUMP_LIVE = 1 << 1
 VIR_DUMP_MEMORY_ONLY = 1 << 4
+VIR_DOMAIN_JOB_STATS_COMPLETED = 1 << 0
+VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 1 << 1
 VIR_ERR_NO_SUPPORT = 3
 VIR_ERR_NO_DOMAIN = 42
 VIR_ERR_OPERATION_INVALID = 55
@@ -332,6 +340,11 @@ def unflatten(src: str, dst: str) -> None:
         os.fsync(out.fileno())
 
 
+def free_bytes(path: str) -> int:
+    """Bytes free for the service's user on the file system of path."""
+    return shutil.disk_usage(path).free
+
+
 def remove_quietly(path: t.Optional[str]) -> None:
     """Remove a file if it exists."""
     if path:
@@ -344,11 +357,16 @@ def remove_quietly(path: t.Optional[str]) -> None:
 
 
 class DumpJob:  # pylint: disable=too-many-instance-attributes
-    """One dump: look the guest up, check space, dump memory-only into a temp file, hash, rename."""
+    """One dump: look the guest up, reserve space, dump (memory-only or live) into a temp file, hash, rename."""
 
     def __init__(self, virt: Libvirt, dump_dir: str, vm: str, fmt: str, final_path: str, tmp_path: str, fifo_path: str,
-                 progress_interval: float = 0.1, space_margin: int = 64 * 1024 * 1024, hash_mode: str = "fifo") -> None:
+                 progress_interval: float = 0.1, hash_mode: str = "fifo", method: str = "memory-only",
+                 live_max_seconds: float = 120.0, live_max_downtime_ms: int = 50) -> None:
         self.virt = virt
+        self.live = method == "live"
+        self.live_max_seconds = live_max_seconds
+        self.live_max_downtime_ms = live_max_downtime_ms
+        self.timed_out = False
         self.dump_dir = dump_dir
         self.vm = vm
         self.fmt = fmt
@@ -356,7 +374,6 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         self.tmp_path = tmp_path
         self.fifo_path = fifo_path
         self.progress_interval = progress_interval
-        self.space_margin = space_margin
         self.vm_uuid: t.Optional[str] = None
         self.memory_only = False
         self.paused_sec: t.Optional[float] = None
@@ -365,8 +382,12 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         # Where libvirt writes when no FIFO is used (kdump formats arrive "flattened" and are rearranged).
         self.raw_path = tmp_path[:-len(".part")] + ".raw.part" if tmp_path.endswith(".part") else tmp_path + ".raw"
 
-    def run(self, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None]) -> t.Tuple[str, int]:
-        """Dump; returns (sha256, size) of the image now at final_path. Raises DumpError."""
+    def run(self, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None],
+            reserve: t.Callable[[int], None]) -> t.Tuple[str, int]:
+        """Dump; returns (sha256, size) of the image now at final_path. Raises DumpError.
+
+        reserve(guest memory in bytes) is called before the guest is paused; it raises DumpError when the space is lacking.
+        """
         conn = self.virt.connection()
         try:
             conn.getLibVersion()
@@ -375,7 +396,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             self.virt.check(conn)
             conn = self.virt.connection()
         try:
-            return self._run(conn, on_progress, on_uuid)
+            return self._run(conn, on_progress, on_uuid, reserve)
         except libvirt.libvirtError as exc:
             self.virt.check(conn)
             raise DumpError(self._explain(exc)) from exc
@@ -392,27 +413,42 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         text = str(exc)
         if code == VIR_ERR_NO_DOMAIN:
             return f"VM '{self.vm}' does not exist on {self.virt.uri}"
+        if self.timed_out:
+            return (f"live dump of VM '{self.vm}' aborted after --live-max-seconds {self.live_max_seconds:g}: the guest dirties "
+                    f"its memory faster than it can be written within a pause of --live-max-downtime-ms "
+                    f"{self.live_max_downtime_ms}; use method memory-only, which pauses the guest for the whole dump")
+        if self.live:
+            # Migration blockers (host devices, some disk setups) land here, in libvirt's words.
+            return f"libvirt cannot take a live dump of VM '{self.vm}': {text}; method memory-only pauses the guest instead"
         if self.fmt != "elf" and any(word in text.lower() for word in ("dumpformat", "unsupported", "not supported")):
             return f"format {self.fmt} is not supported by this host's hypervisor: {text}"
         return f"libvirt failed to dump VM '{self.vm}': {text}"
 
-    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None]) -> t.Tuple[str, int]:
+    def bytes_written(self) -> int:
+        """Bytes the dump's temp files hold now (space it no longer needs reserved)."""
+        written = 0
+        for path in (self.tmp_path, self.raw_path):
+            try:
+                written += os.path.getsize(path)
+            except OSError:
+                pass
+        return written
+
+    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None],
+             reserve: t.Callable[[int], None]) -> t.Tuple[str, int]:
         dom = conn.lookupByName(self.vm)
         self.vm_uuid = dom.UUIDString()
         on_uuid(self.vm_uuid)
         state = dom.state()[0]
         if state not in (1, 3):  # running, paused
             raise DumpError(f"VM '{self.vm}' is {STATE_NAMES.get(state, 'not running')}; only a running VM's memory can be dumped")
-        memory = dom.info()[1] * 1024
-        free = shutil.disk_usage(self.dump_dir).free
-        needed = memory + self.space_margin
-        if free < needed:
-            raise DumpError(f"not enough free space in {self.dump_dir}: {needed} bytes needed (guest memory {memory} + margin "
-                            f"{self.space_margin}), {free} free")
+        reserve(dom.info()[1] * 1024)
         driver = conn.getType()
-        self.memory_only = driver.upper() != "TEST"
-        flags = VIR_DUMP_MEMORY_ONLY if self.memory_only else 0
-        self.used_fifo = self.memory_only and self.fmt == "elf" and self.hash_mode == "fifo"
+        if self.live and driver.upper() == "TEST":
+            raise DumpError("libvirt's test driver cannot take live dumps; use method memory-only")
+        self.memory_only = driver.upper() != "TEST" and not self.live
+        flags = VIR_DUMP_LIVE if self.live else VIR_DUMP_MEMORY_ONLY if self.memory_only else 0
+        self.used_fifo = (self.live or self.memory_only and self.fmt == "elf") and self.hash_mode == "fifo"
         hasher: t.Any = None
         if self.used_fifo:
             remove_quietly(self.fifo_path)
@@ -429,15 +465,31 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         stop = threading.Event()
         poller = threading.Thread(target=self._poll, args=(dom, stop, on_progress), name="memdump-progress", daemon=True)
         poller.start()
+        # QEMU's downtime limit is a setting of the guest's QEMU process that later migrations also use: put it back.
+        previous_downtime_ms = dom.migrateGetMaxDowntime(0) if self.live else None
         started = time.monotonic()
         try:
+            if previous_downtime_ms is not None:
+                dom.migrateSetMaxDowntime(self.live_max_downtime_ms, 0)
             dom.coreDumpWithFormat(target, FORMATS[self.fmt][0], flags)
         finally:
-            self.paused_sec = round(time.monotonic() - started, 3)
+            if not self.live:
+                # A memory-only dump pauses the guest for the whole call, also when it fails.
+                self.paused_sec = round(time.monotonic() - started, 3)
             stop.set()
             if hasher is not None:
                 hasher.finish()
             poller.join()
+            if previous_downtime_ms is not None:
+                try:
+                    dom.migrateSetMaxDowntime(previous_downtime_ms, 0)
+                except libvirt.libvirtError as exc:
+                    LOG.warning("cannot restore the migration downtime limit %s ms of VM '%s': %s", previous_downtime_ms, self.vm, exc)
+        if self.live:
+            # A live dump pauses the guest only for what libvirt measured as its downtime (unknown when it fails);
+            # the stats stay for others (virsh domjobinfo --completed) to read as well.
+            downtime_ms = dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).get("downtime")
+            self.paused_sec = None if downtime_ms is None else downtime_ms / 1000
         if isinstance(hasher, FifoHasher):
             if hasher.error:
                 raise DumpError(f"dump of VM '{self.vm}' failed: {hasher.error}")
@@ -467,7 +519,15 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         return digest, size
 
     def _poll(self, dom: t.Any, stop: threading.Event, on_progress: t.Callable[[float], None]) -> None:
+        deadline = time.monotonic() + self.live_max_seconds
         while not stop.wait(self.progress_interval):
+            if self.live and not self.timed_out and time.monotonic() > deadline:
+                # A guest that dirties memory faster than the disk takes would keep a live dump going forever.
+                self.timed_out = True
+                try:
+                    dom.abortJob()
+                except libvirt.libvirtError as exc:
+                    LOG.warning("cannot abort the live dump of VM '%s': %s", self.vm, exc)
             try:
                 stats = dom.jobStats()
             except libvirt.libvirtError as exc:
@@ -475,6 +535,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                     return
                 continue
             total = stats.get("memory_total") or 0
-            processed = stats.get("memory_processed") or 0
+            # A live dump skips zero pages (processed stays small); what is left to send says how far it is.
+            processed = total - stats.get("memory_remaining", total) if self.live else stats.get("memory_processed") or 0
             if total > 0 and not stop.is_set():
                 on_progress(min(99.9, max(0.0, 100.0 * processed / total)))

@@ -34,9 +34,9 @@ def fixture_node_uri(tmp_path) -> str:
 
 @pytest.fixture(name="settings")
 def fixture_settings(tmp_path, node_uri) -> Settings:
-    """Settings on a temp dir and the test driver."""
+    """Settings on a temp dir and the test driver, without auth (tests that need it set token_file or tokens_file)."""
     return Settings(dump_dir=str(tmp_path / "dumps"), state_file=str(tmp_path / "state" / "jobs.sqlite3"), libvirt_uri=node_uri,
-                    progress_interval=0.02)
+                    progress_interval=0.02, insecure_no_auth=True)
 
 
 def free_port() -> int:
@@ -48,8 +48,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(settings: Settings) -> t.Iterator[TestClient]:
-    """A TestClient whose lifespan (job manager) runs inside the block."""
-    with TestClient(create_app(settings)) as client:
+    """A TestClient whose lifespan (job manager) runs inside the block; it calls the service by a loopback name."""
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -85,7 +85,8 @@ class Gate:
         self.lock = threading.Lock()
         self.fail = False
 
-    def run(self, job, on_progress, on_uuid):
+    def run(self, job, on_progress, on_uuid, reserve):
+        reserve(0)
         with self.lock:
             self.started.append(job.vm)
         on_uuid("00000000-0000-0000-0000-000000000000")
@@ -106,8 +107,8 @@ def fixture_gate(monkeypatch) -> t.Iterator[Gate]:
     """Dumps block in 'running' until gate.release is set."""
     gate = Gate()
 
-    def fake_run(job, on_progress, on_uuid):
-        return gate.run(job, on_progress, on_uuid)
+    def fake_run(job, on_progress, on_uuid, reserve):
+        return gate.run(job, on_progress, on_uuid, reserve)
 
     monkeypatch.setattr(virt.DumpJob, "run", fake_run)
     yield gate

@@ -40,8 +40,12 @@ def test_health(client):
     assert {"wait", "dry_run"} <= set(body["features"])
 
 
-def test_openapi(client):
-    answer = client.get("/openapi.json")
+def test_openapi_only_with_the_option(client, settings):
+    assert client.get("/openapi.json").status_code == 404 and client.get("/docs").status_code == 404
+    settings.openapi = True
+    with running_app(settings) as documented:
+        answer = documented.get("/openapi.json")
+        assert documented.get("/docs").status_code == 200
     assert answer.status_code == 200
     paths = answer.json()["paths"]
     post_body = paths["/api/dumps"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -226,7 +230,8 @@ def test_dry_run_answers_without_creating(gate, client):
     answer = post(client, body)
     assert answer.status_code == 200
     assert answer.json() == {"marker": marker, "dry_run": True, "dumps": [
-        {"vm": vm, "dump_id": None, "state": None, "label": "IR-D", "format": "elf", "created": True} for vm in ("web01", "db01")]}
+        {"vm": vm, "dump_id": None, "state": None, "label": "IR-D", "method": "memory-only", "format": "elf", "created": True}
+        for vm in ("web01", "db01")]}
     assert client.get("/api/dumps").json()["dumps"] == [] and client.get("/health").json()["queue"]["queued"] == 0
     running = post(client, {"vms": ["web01"], "label": "IR-D"}).json()["dumps"][0]
     planned = post(client, body).json()["dumps"]
@@ -298,31 +303,33 @@ def test_paging(client):
         assert client.get("/api/dumps", params={"limit": limit}).status_code == 422
 
 
-def test_locked_job_manager_does_not_block_the_event_loop(client):
+def test_locked_job_manager_does_not_block_the_event_loop(settings):
     """A request that waits for the JobManager's lock (held by a dump worker) must not stall other requests."""
-    jobs = client.app.state.jobs
-    holding, release = threading.Event(), threading.Event()
+    settings.openapi = True  # /openapi.json is the one route that takes no lock of the JobManager
+    with running_app(settings) as client:
+        jobs = client.app.state.jobs
+        holding, release = threading.Event(), threading.Event()
 
-    def hold_lock():
-        with jobs._lock:  # pylint: disable=protected-access
-            holding.set()
-            release.wait(10)
+        def hold_lock():
+            with jobs._lock:  # pylint: disable=protected-access
+                holding.set()
+                release.wait(10)
 
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    holding.wait(5)
-    blocked = [threading.Thread(target=post, args=(client, {"vms": ["web01"]})),
-               threading.Thread(target=client.get, args=("/api/dumps",))]
-    for thread in blocked:
-        thread.start()
-    time.sleep(0.3)
-    started = time.monotonic()
-    assert client.get("/openapi.json").status_code == 200
-    elapsed = time.monotonic() - started
-    release.set()
-    for thread in [holder] + blocked:
-        thread.join(10)
-    assert elapsed < 2
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        holding.wait(5)
+        blocked = [threading.Thread(target=post, args=(client, {"vms": ["web01"]})),
+                   threading.Thread(target=client.get, args=("/api/dumps",))]
+        for thread in blocked:
+            thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert client.get("/openapi.json").status_code == 200
+        elapsed = time.monotonic() - started
+        release.set()
+        for thread in [holder] + blocked:
+            thread.join(10)
+        assert elapsed < 2
 
 
 def test_long_poll_answers_on_state_change(gate, client):
@@ -376,19 +383,23 @@ def test_auth(settings, tmp_path, caplog):
     token = "s3cret-token-value"
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     settings.token_file = str(token_file)
+    settings.insecure_no_auth = False
     caplog.set_level(logging.DEBUG)
     with running_app(settings) as client:
         good = {"Authorization": f"Bearer {token}"}
         routes = [("get", "/api/dumps"), ("post", "/api/dumps"), ("get", "/api/dumps/x"), ("get", "/api/dumps/x/file"),
-                  ("delete", "/api/dumps/x"), ("get", "/api/nothing")]
+                  ("delete", "/api/dumps/x"), ("post", "/api/dumps/x/collected")]
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}, {"Authorization": "Basic " + token}):
             for method, path in routes:
                 answer = client.request(method, path, headers=headers, json={"vms": ["web01"]})
                 assert answer.status_code == 401, (method, path, headers)
                 assert answer.json() == {"detail": "missing or invalid bearer token"}
+                assert answer.headers["www-authenticate"] == "Bearer"
+            # No route there: nothing to protect, and the answer is the same with or without a token.
+            assert client.get("/api/nothing", headers=headers).status_code == 404
         assert client.get("/health").json()["auth"] is True
-        assert client.get("/openapi.json").status_code == 200
         dump_id = client.post("/api/dumps", json={"vms": ["web01"]}, headers=good).json()["dumps"][0]["dump_id"]
         wait_finished(client, [dump_id], headers=good)
         assert client.get(f"/api/dumps/{dump_id}/file", headers=good).status_code == 200
@@ -398,7 +409,9 @@ def test_auth(settings, tmp_path, caplog):
 def test_bad_token_file(settings, tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     settings.token_file = str(empty)
+    settings.insecure_no_auth = False
     with pytest.raises(ValueError, match="empty"):
         running_app(settings).__enter__()  # pylint: disable=unnecessary-dunder-call
 
@@ -514,16 +527,16 @@ def test_streaming_writeback_keeps_two_steps_in_flight(tmp_path):
 
 def test_options_and_env_fallbacks(tmp_path):
     env = {"MEMDUMP_LISTEN": "127.0.0.1:6001", "MEMDUMP_MAX_PARALLEL": "3", "MEMDUMP_DUMP_DIR": str(tmp_path),
-           "MEMDUMP_HASH_MODE": "after", "MEMDUMP_LIBVIRT_URI": "test:///default"}
+           "MEMDUMP_HASH_MODE": "after", "MEMDUMP_LIBVIRT_URI": "test:///default", "MEMDUMP_INSECURE_NO_AUTH": "1"}
     settings = parse_args([], env)
     assert (settings.listen, settings.max_parallel, settings.dump_dir, settings.hash_mode) == ("127.0.0.1:6001", 3, str(tmp_path), "after")
     with pytest.raises(SystemExit):
         parse_args(["--core-api-only"], {})  # a test-only mode, now tests/doubles/core_service.py
     settings = parse_args(["--max-parallel", "1", "--listen", "[::1]:7000"], env)
     assert settings.max_parallel == 1 and settings.listen == "[::1]:7000"
-    assert parse_args([], {}).listen == "127.0.0.1:5001"
+    assert parse_args(["--insecure-no-auth"], {}).listen == "127.0.0.1:5001"
     with pytest.raises(ValueError):
-        parse_args(["--tls-cert", "x"], {})
+        parse_args(["--tls-cert", "x", "--insecure-no-auth"], {})
     with pytest.raises(ValueError):
         Settings(listen="nohost").validate()
 
@@ -549,6 +562,7 @@ def test_command_line_service_with_tls_and_token(tmp_path, node_uri):
                    check=True, capture_output=True)
     token = "cli-token-0123456789"
     (tmp_path / "token").write_text(token)
+    (tmp_path / "token").chmod(0o600)
     port = free_port()
     env = dict(os.environ, MEMDUMP_DUMP_DIR=str(tmp_path / "dumps"), MEMDUMP_STATE_FILE=str(tmp_path / "state.db"),
                MEMDUMP_LIBVIRT_URI=node_uri, MEMDUMP_TOKEN_FILE=str(tmp_path / "token"), MEMDUMP_TLS_CERT=str(tmp_path / "cert.pem"),

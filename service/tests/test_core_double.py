@@ -31,6 +31,7 @@ def call(url, method, path, body=None, token=TOKEN):
 @pytest.fixture(name="double")
 def fixture_double(tmp_path, node_uri):
     (tmp_path / "token").write_text(TOKEN + "\n")
+    (tmp_path / "token").chmod(0o600)
     port = free_port()
     log = open(tmp_path / "log", "wb")  # pylint: disable=consider-using-with
     proc = subprocess.Popen([sys.executable, DOUBLE, "--listen", f"127.0.0.1:{port}", "--libvirt-uri", node_uri,  # pylint: disable=consider-using-with

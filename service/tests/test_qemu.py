@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(not (URI and VM), reason="MEMDUMP_TEST_LIBVIRT_U
 def fixture_qclient(tmp_path_factory):
     """One service on the real libvirtd for the module; its images are removed afterwards."""
     base = tmp_path_factory.mktemp("qemu")
-    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=URI, progress_interval=0.02)
+    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=URI, progress_interval=0.02,
+                        insecure_no_auth=True)
     with running_app(settings) as client:
         yield client
     shutil.rmtree(base, ignore_errors=True)

@@ -5,19 +5,19 @@ It offers only what the seed's service offered: ``POST /api/dumps`` (``{"vms": [
 ``GET /api/dumps`` (filters ``vm``, ``state``, ``dump_id``) answering ``{"dumps": [...], "vms": {...}}``,
 records with the seed's fields only. No ``marker``, ``wait``, ``created``, labels, formats, request
 ids, file download or DELETE; ``/health`` answers ``{"status": "ok", "features": []}``. With
-``--token-file``, ``/api`` routes need the bearer token, as on the real service.
+``--token-file``, ``/api`` routes need the bearer token, as on the real service; without it,
+``--insecure-no-auth`` must be given (loopback only), as there.
 
 The dumps are real: the service's own JobManager takes them through libvirt, so a client tested
 against this double gets real images; only the API is cut down to the seed's.
 
     python tests/doubles/core_service.py --listen 127.0.0.1:PORT --libvirt-uri URI \
-        --dump-dir DIR --state-file FILE [--token-file FILE]
+        --dump-dir DIR --state-file FILE (--token-file FILE | --insecure-no-auth)
 
 Needs the memdump service installed (``pip install -e 'service[libvirt]'``).
 """
 
 import argparse
-import hmac
 import http.server
 import json
 import logging
@@ -27,8 +27,11 @@ import sys
 import typing as t
 import urllib.parse
 
-from memdump_service.config import Settings, split_listen
-from memdump_service.dumps import parse_dump_request
+from fastapi import HTTPException
+
+from memdump_service.auth import Credentials, authenticate, credentials_of
+from memdump_service.config import ConfigError, Settings, split_listen
+from memdump_service.dumps import DumpRequest, parse_body
 from memdump_service.errors import BadRequest
 from memdump_service.jobs import JobManager
 
@@ -42,14 +45,14 @@ def seed_record(record: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
 
 
 class CoreServer(http.server.ThreadingHTTPServer):
-    """The HTTP server, holding the job manager and the token for its handlers."""
+    """The HTTP server, holding the job manager and the credentials for its handlers."""
 
     daemon_threads = True
 
-    def __init__(self, address: t.Tuple[str, int], jobs: JobManager, token: t.Optional[str]) -> None:
+    def __init__(self, address: t.Tuple[str, int], jobs: JobManager, credentials: t.Optional[Credentials]) -> None:
         super().__init__(address, CoreHandler)
         self.jobs = jobs
-        self.token = token
+        self.credentials = credentials
 
 
 class CoreHandler(http.server.BaseHTTPRequestHandler):
@@ -70,15 +73,15 @@ class CoreHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def authorized(self, path: str) -> bool:
-        """False (after answering 401) for an /api path without the right token, when one is required."""
-        token = self.server.token
-        if token is None or not (path == "/api" or path.startswith("/api/")):
+        """False (after answering 401) for an /api path (of the request line) without the right token, when one is required."""
+        if not (path == "/api" or path.startswith("/api/")):
             return True
-        scheme, _sep, value = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")):
-            return True
-        self.answer(401, {"detail": "missing or invalid bearer token"}, {"WWW-Authenticate": "Bearer"})
-        return False
+        try:
+            authenticate(self.server.credentials, self.headers.get("Authorization", ""))
+        except HTTPException as exc:
+            self.answer(exc.status_code, {"detail": exc.detail}, exc.headers)
+            return False
+        return True
 
     def route(self) -> t.Tuple[str, t.Dict[str, t.List[str]]]:
         """Path and query of the request."""
@@ -116,7 +119,7 @@ class CoreHandler(http.server.BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise BadRequest('request body must be a JSON object like {"vms": ["vm1"]}')
             # The seed read only the VM list: every other field is ignored, as it was there.
-            order = parse_dump_request({key: body[key] for key in ("vms", "vm_ids") if key in body})
+            order = parse_body(DumpRequest, {key: body[key] for key in ("vms", "vm_ids") if key in body})
         except BadRequest as exc:
             self.answer(exc.status, {"detail": str(exc)})
             return
@@ -143,14 +146,20 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     parser.add_argument("--dump-dir", required=True)
     parser.add_argument("--state-file", required=True)
     parser.add_argument("--token-file", help="file holding the bearer token required on /api routes")
+    parser.add_argument("--insecure-no-auth", action="store_true", help="no token (loopback only)")
     args = parser.parse_args(argv)
     settings = Settings(dump_dir=os.path.abspath(args.dump_dir), state_file=os.path.abspath(args.state_file),
-                        libvirt_uri=args.libvirt_uri, listen=args.listen, token_file=args.token_file)
-    settings.validate()
+                        libvirt_uri=args.libvirt_uri, listen=args.listen, token_file=args.token_file,
+                        insecure_no_auth=args.insecure_no_auth)
+    try:
+        settings.validate()
+        credentials = credentials_of(settings.token_file, None)
+    except ConfigError as exc:
+        parser.error(str(exc))
     os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     jobs = JobManager(settings)
-    server = CoreServer(split_listen(settings.listen), jobs, settings.read_token())
+    server = CoreServer(split_listen(settings.listen), jobs, credentials)
     # serve_forever() runs in this thread, so shutdown() cannot be called from here: unwind instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     jobs.start()

@@ -73,6 +73,8 @@ class MemdumpService:
                '--libvirt-uri', self.libvirt_uri, '--dump-dir', self.dump_dir, '--state-file', self.state_file]
         if self.token_file:
             cmd += ['--token-file', self.token_file]
+        elif '--tokens-file' not in self.extra_args:
+            cmd.append('--insecure-no-auth')  # loopback only: the service refuses to run without auth otherwise
         return cmd + self.extra_args
 
     def start(self, wait=True):

@@ -59,7 +59,13 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
         assert entry['operator'] and entry['collection_version'] == '0.1.0'
         assert entry['started_at'] and entry['finished_at'] and entry['paused_sec'] is not None
         st = os.stat(path)
+        assert st.st_mode & 0o777 == 0o400 and os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
         files[path] = (st.st_ino, st.st_mtime_ns)
+    # The manifest is generated from the custody log: acquired, collected, verified per dump.
+    with open(os.path.join(str(evidence), LABEL, 'custody.jsonl')) as f:
+        events = [json.loads(line) for line in f]
+    assert sorted(e['event'] for e in events) == sorted(['acquired', 'collected', 'verified'] * 2)
+    assert [e['seq'] for e in events] == list(range(6)) and events[0]['prev'] == '0' * 64
     status, listing = svc.api('GET', '/api/dumps?label=' + LABEL)
     assert status == 200 and len(listing['dumps']) == 2
     manifest_before = (evidence / LABEL / 'manifest.json').read_bytes()
@@ -75,6 +81,7 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
         st = os.stat(path)
         assert (st.st_ino, st.st_mtime_ns) == ident, path
     assert (evidence / LABEL / 'manifest.json').read_bytes() == manifest_before
+    assert len((evidence / LABEL / 'custody.jsonl').read_text().splitlines()) == 6
 
     # The status and report playbooks show this incident.
     status = run_playbook('vmforensics.memdump.status', extra_vars={'memdump_hosts': 'localhost', 'label': LABEL},

@@ -239,15 +239,15 @@ def test_play_writes_points_and_records_reads_them(tmp_path, run_playbook, svc, 
     by_id = dict((p['dump_id'], p) for p in full)
     for d in done:
         p = by_id[d['dump_id']]
-        assert (p['host'], p['vm'], p['state'], p['label'], p['format']) == ('localhost', d['vm'], 'completed', label,
-                                                                             d['format'])
+        assert (p['host'], p['vm'], p['state'], p['label'], p['method'], p['format']) == (
+            'localhost', d['vm'], 'completed', label, 'memory-only', d['format'])
         assert p['sha256'] == d['sha256'] and p['size_bytes'] == d['size_bytes'] and p['dump_path'] == d['dump_path']
         assert abs(p['duration_sec'] - d['duration_sec']) < 1e-6
         # the point's timestamp is the dump's finished_at
         assert p['time'].rstrip('Z')[:19] == d['finished_at'].rstrip('Z')[:19]
     assert len(points) == 2
     tag_keys = {r['tagKey'] for r in db.select('SHOW TAG KEYS FROM memdump')}
-    assert tag_keys == {'host', 'vm', 'state', 'format', 'label'}
+    assert tag_keys == {'host', 'vm', 'state', 'method', 'format', 'label'}
     run = db.select('SELECT * FROM memdump_run')
     assert len(run) == 1
     assert run[0]['playbook'].startswith('play') and run[0]['hosts'] == 1 and run[0]['ok'] == 1

@@ -150,6 +150,30 @@ def test_free_space_check_refuses(memdump_service, small_fs, wait_until):
     assert svc.api('GET', '/health')[0] == 200
 
 
+def test_parallel_dumps_cannot_together_overfill_the_disk(memdump_service, small_fs, wait_until):
+    """Issue 13: two 128 MiB guests dumped at once into 230 MiB. Each needs 192 MiB (memory + 64 MiB margin), so each
+    alone passes a free-space check; with the space of the running dump reserved, the second is refused before its
+    guest is paused, instead of both starting and the disk running full."""
+    mnt = small_fs('230m')
+    dump_dir = os.path.join(mnt, 'dumps')
+    svc = memdump_service(extra_args=['--dump-dir', dump_dir, '--max-parallel', '2'])
+    vms = [os.environ['MEMDUMP_TEST_VM'], os.environ['MEMDUMP_TEST_VM2']]
+    for vm in vms:
+        wait_guest_not_dumping(vm)
+    status, body = svc.api('POST', '/api/dumps', {'vms': vms})
+    assert status == 202, body
+    records = [wait_final(svc, d['dump_id'], wait_until, timeout=120) for d in body['dumps']]
+    assert sorted(r['state'] for r in records) == ['completed', 'failed'], records
+    done, refused = sorted(records, key=lambda r: r['state'])
+    mib = int(os.environ.get('MEMDUMP_TEST_VM_MIB', '128')) << 20
+    assert refused['message'].startswith('not enough free space in %s: %d bytes needed (guest memory %d + margin %d), ' % (
+        dump_dir, mib + (64 << 20), mib, 64 << 20)), refused['message']
+    assert refused['message'].endswith('reserved by 1 running dump'), refused['message']
+    assert refused['paused_sec'] is None, 'the refused guest was paused: %s' % refused
+    assert files_in(dump_dir) == [done['dump_path']]
+    print('reservation: %s' % refused['message'])
+
+
 def fill_up(filler, mnt):
     """Grows the filler file until less than 8 MiB are free (the dump keeps writing meanwhile)."""
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)

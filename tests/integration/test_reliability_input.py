@@ -98,7 +98,7 @@ def run_schemathesis(svc, tmp_path, name, headers=()):
 
 @pytest.fixture
 def fuzz_service(memdump_service, test_driver_uri):
-    return memdump_service(libvirt_uri=test_driver_uri(VMS), token=TOKEN)
+    return memdump_service(libvirt_uri=test_driver_uri(VMS), token=TOKEN, extra_args=['--openapi'])
 
 
 @pytest.mark.parametrize('with_token', [True, False], ids=['with-token', 'without-token'])
@@ -307,7 +307,7 @@ WRONG_AUTH = {
 
 def test_auth_every_api_route_401(memdump_service, test_driver_uri):
     # DEBUG logging: not even the most verbose log may show a token, right or wrong.
-    svc = memdump_service(libvirt_uri=test_driver_uri(VMS), token=TOKEN, extra_args=['--log-level', 'DEBUG'])
+    svc = memdump_service(libvirt_uri=test_driver_uri(VMS), token=TOKEN, extra_args=['--log-level', 'DEBUG', '--openapi'])
     dump_id = request(svc, 'POST', '/api/dumps', TOKEN, json={'vms': ['web01']}).json()['dumps'][0]['dump_id']
     ops = api_operations(svc)
     tried = 0

@@ -10,6 +10,8 @@
 #                         whose RAM QEMU's loader fills with random bytes, two plain 1 GiB guests and
 #                         a 256 MiB one; writes $MEMDUMP_STACK_DIR/bench-env
 #   stack.sh bench-down   remove only what bench-up created
+#   stack.sh linux-up     (part of `up` for qemu) a 512 MiB guest running Debian's kernel and a busybox
+#                         initramfs that keeps a per-boot marker in tmpfs; appends its exports to env
 #
 # `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
 set -euo pipefail
@@ -25,11 +27,13 @@ python=${MEMDUMP_PYTHON:-/usr/bin/python3}
 apt_packages=(python3 python3-venv python3-libvirt libvirt-clients influxdb influxdb-client
   binutils shellcheck curl openssl openssh-client git tar systemd)
 # Only the real-hypervisor backend needs these (`install test` leaves them out: no QEMU, no libvirtd).
-hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils)
+hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils cpio busybox-static)
 guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
 influx_port=${MEMDUMP_STACK_INFLUX_PORT:-18086}
 influx_auth_port=${MEMDUMP_STACK_INFLUX_AUTH_PORT:-18096}
 marker_addr=0x04000000   # 64 MiB: inside the tiny guest's RAM, above what SeaBIOS touches
+# Debian's kernel, downloaded and extracted once per machine (not per `up`).
+kernel_cache=${MEMDUMP_STACK_KERNEL_CACHE:-/var/cache/memdump-stack}
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -218,6 +222,7 @@ cmd_up() {
       echo "export MEMDUMP_TEST_MARKER_FILE='$stack_dir/marker.bin'"
       echo "export MEMDUMP_TEST_MARKER_ADDR=$marker_addr"
     } >> "$env"
+    cmd_linux_up
   fi
 
   start_influxdb influxdb "$influx_port" false
@@ -265,6 +270,93 @@ cmd_down() {
   stop_pid "$stack_dir/virtlogd.pid"
   rm -rf "$stack_dir"
   log "down"
+}
+
+cached_kernel() {  # prints the path of a cached Debian kernel, downloading it the first time
+  local kernels=("$kernel_cache"/vmlinuz-*)
+  if [ ! -f "${kernels[0]}" ]; then
+    local tmp pkg
+    tmp=$(mktemp -d)
+    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    log "downloading Debian's kernel $pkg (once; cached in $kernel_cache)"
+    (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null) || { log "apt-get download $pkg failed"; rm -rf "$tmp"; exit 1; }
+    # Only the kernel image: the modules are not needed by a busybox initramfs.
+    dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$tmp" --wildcards './boot/vmlinuz-*'
+    mkdir -p "$kernel_cache"
+    chmod 0755 "$kernel_cache"
+    install -m 0644 "$tmp"/boot/vmlinuz-* "$kernel_cache/"
+    rm -rf "$tmp"
+    kernels=("$kernel_cache"/vmlinuz-*)
+  fi
+  echo "${kernels[0]}"
+}
+
+build_linux_initramfs() {  # out
+  local root="$stack_dir/linux-initramfs"
+  rm -rf "$root"
+  mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/run"
+  cp /bin/busybox "$root/bin/busybox"
+  # The marker is made at boot (from the boot id), so it is in the image only if the guest's RAM is.
+  cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmpfs /run
+echo "MEMDUMP-LINUX-MARKER-$(cat /proc/sys/kernel/random/boot_id)" > /run/marker
+echo "READY $(cat /run/marker)" > /dev/ttyS0
+while :; do sleep 3600; done
+INIT
+  chmod 0755 "$root/init"
+  (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$1"
+  chmod 0644 "$1"
+  rm -rf "$root"
+}
+
+cmd_linux_up() {
+  need_root
+  [ -f "$stack_dir/env" ] || { log "linux-up needs a running stack: run '$0 up' first"; exit 1; }
+  local name="$guest_prefix-linux" kernel initrd="$stack_dir/linux-initrd.gz" console="$stack_dir/linux-console.log" line=""
+  kernel=$(cached_kernel)
+  build_linux_initramfs "$initrd"
+  virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+  virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
+  rm -f "$console"
+  cat > "$stack_dir/$name.xml" <<XML
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>$kernel</kernel><initrd>$initrd</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline></os>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='$console'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+  virsh -c qemu:///system define "$stack_dir/$name.xml" >/dev/null
+  virsh -c qemu:///system start "$name" >/dev/null
+  grep -qxF "$name" "$stack_dir/guests" || echo "$name" >> "$stack_dir/guests"
+  local started=$SECONDS
+  while [ $((SECONDS - started)) -lt 120 ]; do
+    line=$(grep -ao 'READY MEMDUMP-LINUX-MARKER-[0-9a-f-]*' "$console" 2>/dev/null | head -1 || true)
+    [ -n "$line" ] && break
+    sleep 0.5
+  done
+  [ -n "$line" ] || { log "the Linux guest $name did not print READY within 120 s; see $console"; exit 1; }
+  # Replace the exports of an earlier linux-up, keep the rest of env.
+  grep -v '^export MEMDUMP_TEST_LINUX_' "$stack_dir/env" > "$stack_dir/env.tmp" || true
+  {
+    echo "export MEMDUMP_TEST_LINUX_VM='$name'"
+    echo "export MEMDUMP_TEST_LINUX_MIB=512"
+    echo "export MEMDUMP_TEST_LINUX_MARKER='${line#READY }'"
+  } >> "$stack_dir/env.tmp"
+  mv "$stack_dir/env.tmp" "$stack_dir/env"
+  log "linux-up: $name ready after $((SECONDS - started)) s"
 }
 
 bench_prefix=${MEMDUMP_BENCH_GUEST_PREFIX:-memdump-bench}
@@ -331,5 +423,6 @@ case "${1:-}" in
   env) cat "$stack_dir/env" ;;
   bench-up) cmd_bench_up ;;
   bench-down) cmd_bench_down ;;
-  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down" >&2; exit 2 ;;
+  linux-up) cmd_linux_up ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|linux-up" >&2; exit 2 ;;
 esac

@@ -44,6 +44,7 @@ class FakeService(object):
         self.requests = []  # (method, path, query, body)
         self.token = None
         self.features = ['wait', 'label', 'request_id', 'dry_run']  # what /health lists
+        self.methods = ['memory-only', 'live']  # what /health lists; None: no such field
         self.core_only = False  # /health 404, answers without marker and created
         self.list_answer = False  # GET answers a bare list
         self.page_size = None  # GET answers pages of this many dumps with next_before
@@ -228,7 +229,8 @@ class Handler(BaseHTTPRequestHandler):
                 'libvirt': {'uri': 'test:///default', 'connected': svc.health_status == 200,
                             'error': None if svc.health_status == 200 else 'cannot connect to libvirt at test:///default'},
                 'queue': {'queued': 0, 'running': 0, 'max_parallel': 2}, 'formats': ['elf'],
-                'features': svc.features, 'auth': bool(svc.token)})
+                'features': svc.features, 'auth': bool(svc.token),
+                **({} if svc.methods is None else {'methods': svc.methods})})
         if svc.token and self.headers.get('Authorization') != 'Bearer %s' % svc.token:
             return self._send(401, {'detail': 'missing or invalid bearer token'})
         if parsed.path == '/api/dumps' and method == 'POST':

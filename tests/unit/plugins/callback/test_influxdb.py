@@ -84,7 +84,8 @@ def make_callback(tmp_path, **options):
 TRIGGER = {'changed': True, 'dumps': [{'vm': 'web01', 'dump_id': 'a' * 32, 'state': 'queued', 'created': True,
                                        'label': 'IR-1', 'format': 'elf'}]}
 WAIT = {'changed': False, 'dumps': [{
-    'vm': 'web01', 'dump_id': 'a' * 32, 'state': 'completed', 'label': 'IR-1', 'format': 'elf', 'progress': 100.0,
+    'vm': 'web01', 'dump_id': 'a' * 32, 'state': 'completed', 'label': 'IR-1', 'method': 'live', 'format': 'qemu-migration',
+    'progress': 100.0,
     'message': 'done', 'started_at': '2026-11-25T22:50:01.000000Z', 'finished_at': '2026-11-25T22:50:03.500000Z',
     'duration_sec': 2.5, 'dump_path': '/var/lib/memdump/web01.elf', 'size_bytes': 134480867,
     'sha256': 'f' * 64, 'paused_sec': 0.4, 'host': 'hv01.example.com'}]}
@@ -149,11 +150,11 @@ def test_trigger_then_wait_is_one_point_at_finished_at(tmp_path):
     lines = cb.buffer.lines('memdump')
     assert len(lines) == 1
     head, fields, ts = split_line(lines[0])
-    assert head == 'memdump,format=elf,host=hv01,label=IR-1,state=completed,vm=web01'
+    assert head == 'memdump,format=qemu-migration,host=hv01,label=IR-1,method=live,state=completed,vm=web01'
     assert 'dump_id="%s"' % ('a' * 32) in fields
     assert 'sha256="%s"' % ('f' * 64) in fields
     assert 'size_bytes=134480867i' in fields
-    assert 'duration_sec=2.5' in fields
+    assert 'duration_sec=2.5' in fields and 'paused_sec=0.4' in fields
     assert 'service_host="hv01.example.com"' in fields
     assert ts == 1795647003500000000
 
@@ -353,3 +354,17 @@ def test_refused_points_are_kept_aside_not_replayed(tmp_path, collector):
     assert len(rejected) == 1
     with open(os.path.join(cb.spool().directory, rejected[0])) as f:
         assert 'a' * 32 in f.read()
+
+
+@pytest.mark.parametrize('separator', ['\n', '\r', '\x0b', '\x0c', '\x1c', '\x1d', '\x1e', '\x85', '\u2028', '\u2029'])
+def test_a_line_separator_in_a_field_cannot_split_or_forge_spooled_points(tmp_path, separator):
+    # A VM name that carries a line separator and what looks like a second, forged point after it.
+    forged = 'memdump,host=hv01,vm=db01 state="completed" 1'
+    record = dict(WAIT['dumps'][0], vm='web01' + separator + forged, message='x' + separator + forged)
+    cb, display = make_callback(tmp_path, url='http://127.0.0.1:%d' % closed_port())
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_wait', {'changed': False, 'dumps': [record]}))
+    cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
+    sent = cb.spool().read()[1]
+    assert len(sent) == 2  # one dump, one run: never a third, forged one
+    assert not any(line.startswith('memdump,host=hv01,vm=db01') for line in sent)
+    assert separator not in open(cb.spool().files()[0], encoding='utf-8').read().rstrip('\n').replace('\n', '')

@@ -110,3 +110,70 @@ def test_argspec():
     assert spec['request_timeout']['fallback'][1] == ['MEMDUMP_SERVICE_TIMEOUT']
     spec['request_timeout']['default'] = 1
     assert CONNECTION_ARGSPEC['request_timeout']['default'] == 30  # not mutated
+
+
+class _Recorder(object):
+    """Two loopback servers: a hostile memdump service that redirects every request elsewhere, and the
+    other host, which records the Authorization headers that reach it."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        seen = self.seen = []
+
+        class Elsewhere(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                seen.append(self.headers.get('Authorization'))
+                self.send_response(200)
+                self.send_header('Content-Type', 'application/json')
+                self.end_headers()
+                self.wfile.write(b'{"dumps": []}')
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.elsewhere = ThreadingHTTPServer(('127.0.0.2', 0), Elsewhere)
+        target = 'http://127.0.0.2:%d' % self.elsewhere.server_address[1]
+
+        class Redirecting(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(302)
+                self.send_header('Location', target + self.path)
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+
+            do_POST = do_DELETE = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.service = ThreadingHTTPServer(('127.0.0.1', 0), Redirecting)
+        self.url = 'http://127.0.0.1:%d' % self.service.server_address[1]
+        for server in (self.elsewhere, self.service):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def close(self):
+        for server in (self.elsewhere, self.service):
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.parametrize('call', ['list', 'create', 'file'])
+def test_a_redirect_is_refused_and_the_token_never_leaves(call):
+    servers = _Recorder()
+    try:
+        client = MemdumpClient(servers.url, token='secret-token')
+        with pytest.raises(MemdumpHTTPError) as caught:
+            if call == 'list':
+                client.list_dumps(vms=['web01'])
+            elif call == 'create':
+                client.create_dumps(['web01'])
+            else:
+                client.open_file('a' * 32, offset=10)
+        assert caught.value.status == 302
+        assert 'not followed' in caught.value.msg and '127.0.0.2' in caught.value.msg
+        assert servers.seen == []
+    finally:
+        servers.close()

@@ -146,3 +146,19 @@ def test_http_error_carries_status_and_detail(fake_service, run_module):
     assert result['failed']
     assert 'HTTP 400' in result['msg'] and 'label must be 1-128 characters' in result['msg']
     assert result['status'] == 400
+
+
+def test_method_is_sent_only_when_set(fake_service, run_module):
+    run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01']})
+    run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01'], 'method': 'live'})
+    default, live = posts(fake_service)
+    assert 'method' not in default and live['method'] == 'live' and 'format' not in live
+
+
+def test_live_refused_before_sending_when_the_service_does_not_offer_it(fake_service, run_module):
+    for methods, core_only in ((['memory-only'], False), (None, False), (None, True)):  # older service, no /health
+        fake_service.methods, fake_service.core_only = methods, core_only
+        result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'method': 'live'})
+        assert result['failed'] is True
+        assert 'does not offer live dumps' in result['msg'] and 'use method memory-only' in result['msg']
+    assert not posts(fake_service)

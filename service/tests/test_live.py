@@ -1,0 +1,248 @@
+"""Dump methods (issue 15): the request field and reuse rules on the test driver, and live dumps of the stack's real
+Linux guest read by Volatility 3 (those skipped unless tests/stack/stack.sh up exported MEMDUMP_TEST_LINUX_VM)."""
+
+import datetime
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from memdump_service.config import Settings
+
+from conftest import running_app, wait_finished
+
+URI = os.environ.get("MEMDUMP_TEST_LIBVIRT_URI")
+LINUX_VM = os.environ.get("MEMDUMP_TEST_LINUX_VM")
+LINUX_MARKER = os.environ.get("MEMDUMP_TEST_LINUX_MARKER", "")
+VOL = os.path.join(os.path.dirname(sys.executable), "vol")
+needs_linux = pytest.mark.skipif(not (URI and LINUX_VM), reason="MEMDUMP_TEST_LINUX_VM unset (run tests/stack/stack.sh up or linux-up)")
+
+
+def post(client, body):
+    return client.post("/api/dumps", json=body)
+
+
+def test_method_is_checked(client):
+    answer = post(client, {"vms": ["web01"], "method": "hot"})
+    assert answer.status_code == 400 and answer.json()["detail"] == "unknown method 'hot'; use one of memory-only, live"
+    answer = post(client, {"vms": ["web01"], "method": "live", "format": "kdump-zlib"})
+    assert answer.status_code == 400 and "format kdump-zlib is for memory-only dumps" in answer.json()["detail"]
+    answer = post(client, {"vms": ["web01"], "format": "qemu-migration"})
+    assert answer.status_code == 400 and '"method": "live"' in answer.json()["detail"]
+    assert client.get("/api/dumps").json()["dumps"] == []
+
+
+def test_test_driver_offers_memory_only_and_refuses_live(client):
+    assert client.get("/health").json()["methods"] == ["memory-only"]
+    created = post(client, {"vms": ["web01"], "method": "live"}).json()["dumps"][0]
+    assert (created["method"], created["format"]) == ("live", "qemu-migration")
+    record = wait_finished(client, [created["dump_id"]])[0]
+    assert record["state"] == "failed" and record["message"] == "libvirt's test driver cannot take live dumps; use method memory-only"
+    assert record["paused_sec"] is None
+
+
+def test_reuse_needs_the_same_method_and_format(gate, client):
+    gate.release.set()
+    first = post(client, {"vms": ["web01"], "label": "IR-M"}).json()["dumps"][0]
+    assert wait_finished(client, [first["dump_id"]])[0]["state"] == "completed"
+    assert first["method"] == "memory-only" and first["format"] == "elf"
+    again = post(client, {"vms": ["web01"], "label": "IR-M", "method": "memory-only", "format": "elf"}).json()["dumps"][0]
+    assert (again["dump_id"], again["created"]) == (first["dump_id"], False)
+    planned = post(client, {"vms": ["web01"], "label": "IR-M", "method": "live", "dry_run": True}).json()["dumps"][0]
+    assert planned == {"vm": "web01", "dump_id": None, "state": None, "label": "IR-M", "method": "live", "format": "qemu-migration",
+                       "created": True}
+    live = post(client, {"vms": ["web01"], "label": "IR-M", "method": "live"}).json()["dumps"][0]
+    assert live["created"] is True and live["dump_id"] != first["dump_id"]
+    wait_finished(client, [live["dump_id"]])
+    kdump = post(client, {"vms": ["web01"], "label": "IR-M", "format": "kdump-zlib", "dry_run": True}).json()["dumps"][0]
+    assert kdump["created"] is True and kdump["format"] == "kdump-zlib"
+    live_again = post(client, {"vms": ["web01"], "label": "IR-M", "method": "live"}).json()["dumps"][0]
+    assert (live_again["dump_id"], live_again["created"]) == (live["dump_id"], False)
+
+
+# ----- the real Linux guest
+
+
+@pytest.fixture(name="lclient", scope="module")
+def fixture_lclient(tmp_path_factory):
+    """One service on the real libvirtd for the module; its images are removed afterwards."""
+    base = tmp_path_factory.mktemp("live")
+    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=URI, progress_interval=0.02,
+                        insecure_no_auth=True)
+    with running_app(settings) as client:
+        yield client
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(name="domain")
+def fixture_domain():
+    """The Linux guest, through a connection of the test's own."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+    conn = libvirt.open(URI)
+    yield conn.lookupByName(LINUX_VM)
+    conn.close()
+
+
+def dump(client, body, timeout=180.0):
+    dump_id = post(client, body).json()["dumps"][0]["dump_id"]
+    return wait_finished(client, [dump_id], timeout=timeout)[0]
+
+
+def volatility_banner(path):
+    """The Linux banners Volatility 3 finds in an image (it needs no symbol tables for banners.Banners)."""
+    run = subprocess.run([VOL, "-q", "-r", "pretty", "-f", path, "banners.Banners"], capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return re.findall(r"Linux version \S+", run.stdout)
+
+
+def contains(path, needle):
+    """Whether the file holds needle (read in overlapping chunks)."""
+    tail = b""
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(8 << 20)
+            if not chunk:
+                return False
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle):]
+
+
+class LifecycleWatch:
+    """`virsh event --loop --timestamp --event lifecycle`: the guest's pauses as libvirt announced them (independent of jobStats)."""
+
+    def __init__(self, vm):
+        self.proc = subprocess.Popen(["virsh", "-c", URI, "event", "--loop", "--timestamp", "--event", "lifecycle", vm],
+                                     stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # virsh has registered for events
+
+    def pauses(self):
+        """Seconds between each Suspended and the Resumed after it."""
+        time.sleep(0.5)
+        self.proc.terminate()
+        out, _err = self.proc.communicate(timeout=10)
+        spans, since = [], None
+        for line in out.splitlines():
+            found = re.match(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: .*'lifecycle' .*: (Suspended|Resumed)", line)
+            if not found:
+                continue
+            stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if found.group(2) == "Suspended":
+                since = stamp
+            elif since is not None:
+                spans.append(stamp - since)
+                since = None
+        return spans
+
+
+@needs_linux
+def test_live_dump_of_a_running_linux_guest(lclient, domain):
+    import libvirt  # pylint: disable=import-outside-toplevel
+    assert lclient.get("/health").json()["methods"] == ["memory-only", "live"]
+    limit_before = domain.migrateGetMaxDowntime(0)
+    states = []
+    polling = threading.Event()
+
+    def poll_state():
+        while not polling.is_set():
+            if domain.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                states.append(domain.state()[0])
+            time.sleep(0.005)
+
+    watch = LifecycleWatch(LINUX_VM)
+    poller = threading.Thread(target=poll_state, daemon=True)
+    poller.start()
+    try:
+        record = dump(lclient, {"vms": [LINUX_VM], "method": "live"})
+    finally:
+        polling.set()
+        poller.join()
+    pauses = watch.pauses()
+    assert record["state"] == "completed", record
+    assert (record["method"], record["format"]) == ("live", "qemu-migration")
+    assert record["message"].startswith("live dump completed: the guest kept running")
+    path = record["dump_path"]
+    assert path.endswith(".qevm")
+    with open(path, "rb") as handle:
+        assert handle.read(4) == b"QEVM"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(chunk)
+    assert digest.hexdigest() == record["sha256"] and os.path.getsize(path) == record["size_bytes"]
+    # The pause is libvirt's measured downtime, small under TCG, and the guest ran while the job did.
+    downtime_ms = domain.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)["downtime"]
+    assert record["paused_sec"] == downtime_ms / 1000 and record["paused_sec"] < 1.0
+    assert libvirt.VIR_DOMAIN_RUNNING in states, states
+    assert len(pauses) == 1 and pauses[0] < 1.0, pauses  # one short pause, for the last pages
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert domain.migrateGetMaxDowntime(0) == limit_before  # the guest's migration setting is put back
+    assert contains(path, LINUX_MARKER.encode())
+    assert volatility_banner(path)
+
+
+@needs_linux
+def test_memory_only_elf_of_the_linux_guest_is_read_by_volatility(lclient):
+    record = dump(lclient, {"vms": [LINUX_VM], "method": "memory-only"})
+    assert record["state"] == "completed" and record["dump_path"].endswith(".elf"), record
+    with open(record["dump_path"], "rb") as handle:
+        assert handle.read(4) == b"\x7fELF"
+    assert contains(record["dump_path"], LINUX_MARKER.encode())
+    assert volatility_banner(record["dump_path"])
+
+
+@needs_linux
+def test_live_dump_that_takes_too_long_is_aborted(lclient, domain):
+    import libvirt  # pylint: disable=import-outside-toplevel
+    settings = lclient.app.state.jobs.settings
+    settings.live_max_seconds = 0.05
+    try:
+        record = dump(lclient, {"vms": [LINUX_VM], "method": "live", "force": True})
+    finally:
+        settings.live_max_seconds = 120.0
+    assert record["state"] == "failed", record
+    assert "aborted after --live-max-seconds 0.05" in record["message"] and "use method memory-only" in record["message"]
+    assert record["dump_path"] is None and record["paused_sec"] is None
+    assert [name for name in os.listdir(settings.dump_dir) if name.startswith(".")] == []
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+BLOCKER_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <memballoon model='none'/>
+    <shmem name='{name}'><model type='ivshmem-plain'/><size unit='M'>4</size></shmem>
+  </devices>
+</domain>"""
+
+
+@needs_linux
+def test_live_dump_of_a_guest_that_cannot_migrate_names_libvirts_reason(lclient):
+    import libvirt  # pylint: disable=import-outside-toplevel
+    name = LINUX_VM.rsplit("-", 1)[0] + "-nomigrate"
+    conn = libvirt.open(URI)
+    # A transient guest (gone when destroyed) whose ivshmem device in peer mode blocks migration in QEMU.
+    domain = conn.createXML(BLOCKER_XML.format(name=name))
+    try:
+        record = dump(lclient, {"vms": [name], "method": "live"})
+        assert record["state"] == "failed", record
+        assert record["message"].startswith(f"libvirt cannot take a live dump of VM '{name}': ")
+        assert "ivshmem" in record["message"] and record["message"].endswith("; method memory-only pauses the guest instead")
+        assert [n for n in os.listdir(lclient.app.state.jobs.settings.dump_dir) if n.startswith(".")] == []
+        assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        domain.destroy()
+        conn.close()
+        if os.path.exists(f"/dev/shm/{name}"):  # QEMU's shared memory file outlives the guest
+            os.unlink(f"/dev/shm/{name}")
