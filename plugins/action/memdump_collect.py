@@ -194,9 +194,26 @@ class ActionModule(ActionBase):
                                         evidence_file=rel, size_bytes=size, sha256=sha))
                 log.write_manifest()
                 appended += log.appended
+            out['marked_collected'] = self._mark_collected(client, record, out)
         out['events'] = [{'seq': e['seq'], 'event': e['event']} for e in appended]
         out['changed'] = bool(appended) or out['downloaded']
         return out
+
+    @staticmethod
+    def _mark_collected(client, record, out):
+        """Tells a service that offers it that this image is now safe on the controller (its retention
+        removes only such images). A failure leaves the image on the host: a warning, not an error."""
+        if record.get('collected_at'):
+            return True
+        try:
+            if 'collected' not in client.features():
+                return False
+            client.mark_collected(record['dump_id'], record['sha256'])
+            return True
+        except MemdumpError as e:
+            out.setdefault('warnings', []).append('the image of %s was collected and verified, but telling the service '
+                                                  'so failed (%s): its retention will not remove it' % (record['vm'], e))
+            return False
 
     @staticmethod
     def _known(incident, dump_id):

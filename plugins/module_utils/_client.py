@@ -297,6 +297,12 @@ class MemdumpClient(object):
         dummy, answer = self.request('DELETE', '/api/dumps/%s' % dump_id)
         return answer if isinstance(answer, dict) else {}
 
+    def mark_collected(self, dump_id, sha256):
+        """``POST /api/dumps/{dump_id}/collected``: tells the service that the image was collected and
+        verified with this SHA-256, so that its retention may remove it; returns the record."""
+        dummy, answer = self.request('POST', '/api/dumps/%s/collected' % dump_id, body={'sha256': sha256})
+        return answer if isinstance(answer, dict) else {}
+
     def open_file(self, dump_id, offset=0, timeout=None):
         """``GET /api/dumps/{dump_id}/file`` from byte ``offset`` (``Range: bytes=N-``): the open response.
 

@@ -203,6 +203,14 @@ events:
   type: list
   elements: dict
   sample: [{seq: 0, event: acquired}, {seq: 1, event: collected}, {seq: 2, event: verified}]
+marked_collected:
+  description:
+    - Whether the service now knows that this image was collected and verified (C(POST /api/dumps/{id}/collected)),
+      so that its retention (C(--retention-days), C(--max-bytes)) may remove it from the host. V(false) for a service
+      without that feature, or when telling it failed (a warning says why). Not returned without O(download).
+  returned: when O(download=true) and not in check mode
+  type: bool
+  sample: true
 signed:
   description: Whether the events were signed.
   returned: always

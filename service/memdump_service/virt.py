@@ -148,6 +148,17 @@ class Libvirt:
                 self.check(conn)
         return info
 
+    def describe_domains(self, limit: int = 20) -> str:
+        """'the domains there are a, b, ...' (sorted, at most limit), for an error message."""
+        try:
+            names = sorted(dom.name() for dom in self.connection().listAllDomains())
+        except (DumpError, Exception):  # pylint: disable=broad-exception-caught  # only a hint in a message
+            return "the domains there could not be listed"
+        if not names:
+            return "libvirt there has no domains"
+        more = f" and {len(names) - limit} more" if len(names) > limit else ""
+        return "the domains there are " + ", ".join(names[:limit]) + more
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
@@ -412,7 +423,8 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         code = error_code(exc)
         text = str(exc)
         if code == VIR_ERR_NO_DOMAIN:
-            return f"VM '{self.vm}' does not exist on {self.virt.uri}"
+            # A typo is the usual cause: name what there is, so that the responder can correct it.
+            return f"VM '{self.vm}' does not exist on {self.virt.uri}; check the name: {self.virt.describe_domains()}"
         if self.timed_out:
             return (f"live dump of VM '{self.vm}' aborted after --live-max-seconds {self.live_max_seconds:g}: the guest dirties "
                     f"its memory faster than it can be written within a pause of --live-max-downtime-ms "

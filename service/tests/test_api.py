@@ -86,6 +86,9 @@ def test_vm_ids_alias_and_missing_vm_is_not_an_http_error(client):
     ids = [d["dump_id"] for d in answer.json()["dumps"]]
     missing, stopped = wait_finished(client, ids)
     assert missing["state"] == "failed" and "does not exist" in missing["message"]
+    # A typo's message names what there is, so the responder can correct the name.
+    assert "check the name: the domains there are " in missing["message"]
+    assert "db01" in missing["message"] and "stopped01" in missing["message"]
     assert stopped["state"] == "failed" and "shut off" in stopped["message"]
 
 

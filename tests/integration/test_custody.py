@@ -267,6 +267,10 @@ def test_cut_connection_resumes_with_range(memdump_service, test_driver_uri, run
     assert r['resumes'] == 2 and r['downloaded'] and r['sha256'] == rec['sha256']
     assert sha256_file(r['path']) == rec['sha256']
     assert [e['event'] for e in r['events']] == ['acquired', 'collected', 'verified']
+    # The service learns that the image is safe on the controller (its retention may now remove it).
+    assert r['marked_collected'] is True
+    status, after = svc.api('GET', '/api/dumps/' + dump_id)
+    assert after['collected_at']
 
 
 def acquire(run_playbook, svc, evidence, vms, label, inventory='localhost,', host='localhost', **extra):

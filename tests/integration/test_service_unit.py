@@ -21,7 +21,7 @@ def render(tmp_path, **overrides):
     launcher.write_text('#!/bin/sh\n')
     launcher.chmod(0o755)
     dest = tmp_path / 'memdump.service'
-    extra = {'_memdump_service_launcher': str(launcher), 'role_path': os.path.join(REPO, 'roles', 'service')}
+    extra = {'_memdump_service_launcher': str(launcher), 'role_path': os.path.join(REPO, 'roles', 'memdump_service')}
     extra.update(overrides)
     cmd = ['ansible', 'localhost', '-c', 'local', '-m', 'ansible.builtin.template',
            '-a', 'src=%s dest=%s' % (os.path.join(REPO, 'roles/memdump_service/templates/memdump.service.j2'), dest),
@@ -32,11 +32,27 @@ def render(tmp_path, **overrides):
     return dest
 
 
-@pytest.mark.parametrize('overrides', [{}, {'memdump_service_user': 'memdump', 'memdump_service_group': 'memdump', 'memdump_service_port': 443}],
-                         ids=['root', 'unprivileged-low-port'])
+@pytest.mark.parametrize('overrides', [
+    {},
+    {'memdump_service_user': 'memdump', 'memdump_service_group': 'memdump', 'memdump_service_port': 443,
+     'memdump_service_ip_allow': ['192.0.2.10', '2001:db8::/64']}],
+    ids=['root', 'unprivileged-low-port-ip-allow'])
 def test_unit_is_hardened_and_valid(tmp_path, overrides):
     unit = render(tmp_path, **overrides).read_text()
-    settings = dict(line.split('=', 1) for line in unit.splitlines() if '=' in line and not line.startswith('#'))
+    lines = [line for line in unit.splitlines() if '=' in line and not line.startswith('#')]
+    settings = dict(line.split('=', 1) for line in lines)
+    filters = [line.split('=', 1)[1] for line in lines if line.startswith('SystemCallFilter=')]
+    assert filters == ['@system-service', '~@privileged @resources']
+    assert settings['MemoryDenyWriteExecute'] == 'true' and settings['LimitNOFILE'] == '65536'
+    assert 'InaccessiblePaths=-/var/lib/libvirt/images' in lines
+    caps = settings['CapabilityBoundingSet'].split()
+    assert not {'CAP_CHOWN', 'CAP_FOWNER', 'CAP_DAC_READ_SEARCH'} & set(caps)
+    if overrides:
+        assert caps == ['CAP_NET_BIND_SERVICE']
+        assert settings['IPAddressDeny'] == 'any'
+        assert settings['IPAddressAllow'] == 'localhost 192.0.2.10 2001:db8::/64'
+    else:
+        assert caps == ['CAP_DAC_OVERRIDE'] and 'IPAddressDeny' not in settings
     assert settings['ProtectSystem'] == 'strict' and settings['NoNewPrivileges'] == 'true'
     writable = settings['ReadWritePaths'].split()
     assert '/var/lib/memdump/dumps' in writable and '/var/lib/memdump' in writable and '-/run/libvirt' in writable

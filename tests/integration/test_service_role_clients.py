@@ -1,0 +1,96 @@
+"""Role vmforensics.memdump.memdump_service with named clients (per-controller tokens with scopes).
+
+The role runs for real (process mode, libvirt's test driver): the service gets a tokens file holding
+only SHA-256 hashes, each client can do what its scopes allow, a token removed from the inventory is
+refused on the next request without a restart, and ``state: absent`` removes it all again.
+"""
+import json
+import os
+import stat
+
+from conftest import free_port, http_json, stack_env
+
+READER, ACQUIRER = 'reader-token-0123456789abcdef', 'acquirer-token-0123456789abcdef'
+
+PLAY = '''
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: vmforensics.memdump.memdump_service
+'''
+
+
+def role_vars(root, port, clients, **extra):
+    stack = os.environ.get('MEMDUMP_STACK_DIR', '/tmp/memdump-stack')
+    os.makedirs(os.path.join(stack, 'extra'), exist_ok=True)
+    values = {
+        'memdump_service_manager': 'process', 'memdump_service_install_dir': root + '/opt',
+        'memdump_service_venv': root + '/opt/venv', 'memdump_service_config_dir': root + '/etc',
+        'memdump_service_state_dir': root + '/state', 'memdump_service_dump_dir': root + '/state/dumps',
+        'memdump_service_state_file': root + '/state/state.sqlite', 'memdump_service_log_file': root + '/log/service.log',
+        # In the stack's extra/ directory: `stack.sh down` stops it if the test dies.
+        'memdump_service_pid_file': os.path.join(stack, 'extra', 'role-clients-%d.pid' % port),
+        'memdump_service_port': port, 'memdump_service_libvirt_uri': stack_env('MEMDUMP_TEST_DRIVER_URI'),
+        'memdump_service_clients': clients,
+    }
+    values.update(extra)
+    return values
+
+
+def role_task(result, name):
+    """The result of the role's task called name (role tasks carry the role's name as a prefix)."""
+    for play in result.json['plays']:
+        for task in play['tasks']:
+            if task['task']['name'].endswith(name) and 'localhost' in task['hosts']:
+                return task['hosts']['localhost']
+    raise AssertionError('no task %r in %s' % (name, result.stdout))
+
+
+def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_playbook, tmp_path):
+    root, port = str(tmp_path / 'svc'), free_port()
+    url = 'http://127.0.0.1:%d' % port
+    clients = [{'name': 'ir-reader', 'token': READER, 'scopes': ['read']},
+               {'name': 'ctl-awx', 'token': ACQUIRER, 'scopes': ['read', 'collect', 'trigger']}]
+    first = run_playbook(PLAY, extra_vars=role_vars(root, port, clients))
+    try:
+        assert first.rc == 0, first.stdout + first.stderr
+        where = role_task(first, 'Show where the service runs and where its files are')['msg']
+        assert where['token_file'] == root + '/etc/clients.json (ir-reader, ctl-awx)'
+        for secret in (READER, ACQUIRER):
+            assert secret not in first.stdout
+        tokens_file = root + '/etc/clients.json'
+        assert stat.S_IMODE(os.stat(tokens_file).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(root + '/log/service.log').st_mode) == 0o600
+        with open(tokens_file) as f:
+            text = f.read()
+        assert READER not in text and ACQUIRER not in text
+        assert {c['name']: c['scopes'] for c in json.loads(text)['clients']} == {'ir-reader': ['read'],
+                                                                                   'ctl-awx': ['read', 'collect', 'trigger']}
+
+        assert http_json(url, 'GET', '/api/dumps', token=READER)[0] == 200
+        status, answer = http_json(url, 'POST', '/api/dumps', {'vms': ['web01']}, token=READER)
+        assert status == 403 and 'trigger' in answer['detail']
+        assert http_json(url, 'POST', '/api/dumps', {'vms': ['web01'], 'dry_run': True}, token=ACQUIRER)[0] == 200
+        assert http_json(url, 'GET', '/api/dumps', token='not-a-client')[0] == 401
+
+        pid_file = role_vars(root, port, [])['memdump_service_pid_file']
+        with open(pid_file) as f:
+            pid = f.read().strip()
+        second = run_playbook(PLAY, extra_vars=role_vars(root, port, clients[1:]))
+        assert second.rc == 0, second.stdout + second.stderr
+        assert http_json(url, 'GET', '/api/dumps', token=READER)[0] == 401
+        assert http_json(url, 'GET', '/api/dumps', token=ACQUIRER)[0] == 200
+        with open(pid_file) as f:
+            assert f.read().strip() == pid  # revoked without a restart
+    finally:
+        gone = run_playbook(PLAY, extra_vars=role_vars(root, port, clients, memdump_service_state='absent'))
+    assert gone.rc == 0, gone.stdout + gone.stderr
+    assert not os.path.exists(root + '/etc') and not os.path.exists(root + '/opt')
+
+
+def test_a_listener_on_the_network_without_tls_is_refused_before_anything_is_installed(run_playbook, tmp_path):
+    root, port = str(tmp_path / 'svc'), free_port()
+    result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_listen_address='0.0.0.0'))
+    assert result.rc != 0
+    assert 'memdump_service_tls_cert' in result.stdout and '--insecure-listen' in result.stdout
+    assert not os.path.exists(root)
