@@ -246,6 +246,7 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         self._seq += 1
         record = {
             "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "method": method, "format": fmt,
+            "machine": None, "qemu_version": None, "libvirt_version": None, "domain_xml": None,
             "state": None, "progress": 0.0, "message": "", "created_at": iso(utcnow()), "started_at": None,
             "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
             "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host, "collected_at": None,
@@ -388,9 +389,10 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                                 f"+ margin {margin}), {free} free{also}")
             self._reserved[dump_id] = (needed, job)
 
-    def _set_uuid(self, record: t.Dict[str, t.Any], value: str) -> None:
+    def _set_uuid(self, record: t.Dict[str, t.Any], value: t.Union[str, t.Mapping[str, t.Any]]) -> None:
+        """The guest's UUID, or a mapping of it and its context (machine type, versions, domain XML)."""
         with self._lock:
-            record["vm_uuid"] = value
+            record.update(value if isinstance(value, dict) else {"vm_uuid": value})
             self.store.save(record)
 
     def _work(self, dump_id: str, name: str) -> None:

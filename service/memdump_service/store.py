@@ -10,7 +10,11 @@ COLUMNS = (
     "dump_id", "seq", "vm", "vm_uuid", "label", "method", "format", "state", "progress", "message",
     "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
     "size_bytes", "sha256", "paused_sec", "file_deleted", "host", "collected_at",
+    "machine", "qemu_version", "libvirt_version", "domain_xml",
 )
+# What analysis tools need to know of the guest and the host at dump time (Volatility 3 needs the
+# machine type for the PCI hole of QEMU images); added to databases written before they existed.
+CONTEXT_COLUMNS = ("machine", "qemu_version", "libvirt_version", "domain_xml")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dumps (
@@ -35,7 +39,11 @@ CREATE TABLE IF NOT EXISTS dumps (
     paused_sec REAL,
     file_deleted INTEGER NOT NULL DEFAULT 0,
     host TEXT NOT NULL,
-    collected_at TEXT
+    collected_at TEXT,
+    machine TEXT,
+    qemu_version TEXT,
+    libvirt_version TEXT,
+    domain_xml TEXT
 );
 CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
 CREATE TABLE IF NOT EXISTS requests (
@@ -69,6 +77,9 @@ class Store:
                 self._db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
             if "method" not in known:
                 self._db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
+            for column in CONTEXT_COLUMNS:
+                if column not in known:
+                    self._db.execute(f"ALTER TABLE dumps ADD COLUMN {column} TEXT")
         try:
             os.chmod(path, 0o600)
         except OSError:

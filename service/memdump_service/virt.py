@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import select
 import shutil
 import stat
@@ -356,6 +357,25 @@ def free_bytes(path: str) -> int:
     return shutil.disk_usage(path).free
 
 
+def guest_context(conn: t.Any, dom: t.Any) -> t.Dict[str, t.Optional[str]]:
+    """What an analyst needs besides the image: the domain XML at dump time, its machine type, the
+    hypervisor's and libvirt's versions. A part libvirt cannot give stays None (the dump goes on)."""
+    def ask(call: t.Callable[[], t.Any]) -> t.Any:
+        try:
+            return call()
+        except Exception:  # pylint: disable=broad-exception-caught  # context, never a reason to fail a dump
+            return None
+    xml = ask(dom.XMLDesc)
+    machine = None
+    if xml:
+        match = re.search(r"<type[^>]*\smachine=['\"]([^'\"]+)['\"]", xml)
+        machine = match.group(1) if match else None
+    hypervisor = ask(conn.getVersion)
+    library = ask(conn.getLibVersion)
+    return {"domain_xml": xml, "machine": machine, "qemu_version": version_string(hypervisor) if hypervisor else None,
+            "libvirt_version": version_string(library) if library else None}
+
+
 def remove_quietly(path: t.Optional[str]) -> None:
     """Remove a file if it exists."""
     if path:
@@ -450,7 +470,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
              reserve: t.Callable[[int], None]) -> t.Tuple[str, int]:
         dom = conn.lookupByName(self.vm)
         self.vm_uuid = dom.UUIDString()
-        on_uuid(self.vm_uuid)
+        on_uuid(dict(guest_context(conn, dom), vm_uuid=self.vm_uuid))
         state = dom.state()[0]
         if state not in (1, 3):  # running, paused
             raise DumpError(f"VM '{self.vm}' is {STATE_NAMES.get(state, 'not running')}; only a running VM's memory can be dumped")

@@ -57,6 +57,9 @@ def test_memory_only_elf_dump(qclient, hash_mode):
     record = dump(qclient, {"vms": [VM], "label": "IR-QEMU-1", "force": True})
     assert record["state"] == "completed", record
     assert record["message"] == "memory-only elf dump completed"
+    # What an analyst needs besides the image (Volatility 3 needs the machine type for QEMU's PCI hole).
+    assert record["machine"].startswith("pc") and f"<name>{VM}</name>" in record["domain_xml"]
+    assert record["qemu_version"].count(".") == 2 and record["libvirt_version"].count(".") == 2
     path = record["dump_path"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700

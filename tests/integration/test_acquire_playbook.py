@@ -59,6 +59,13 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
     data = manifest(evidence)
     assert data['label'] == LABEL
     assert sorted(e['vm'] for e in data['entries']) == sorted(vms)
+    # The custody log carries what the analyst needs besides the image, as the service recorded it.
+    with open(os.path.join(str(evidence), LABEL, 'custody.jsonl')) as f:
+        acquired = [json.loads(line) for line in f if '"event":"acquired"' in line]
+    assert sorted(e['vm'] for e in acquired) == sorted(vms)
+    for event in acquired:
+        assert event['context']['machine'].startswith('pc') and event['context']['qemu_version']
+        assert '<name>%s</name>' % event['vm'] in event['context']['domain_xml']
     files = {}
     for entry in data['entries']:
         path = os.path.join(str(evidence), LABEL, entry['evidence_file'])

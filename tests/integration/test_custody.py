@@ -237,7 +237,9 @@ def test_hostile_names_and_bodies_are_refused(hostile, run_playbook, tmp_path):
     assert oct(image.stat().st_mode & 0o777) == '0o400'
     assert oct((evidence / 'IR-H' / 'hv01').stat().st_mode & 0o777) == '0o700'
     assert oct((evidence / 'IR-H').stat().st_mode & 0o777) == '0o700'
-    assert all(auth == 'Bearer ' + TOKEN for dummy, dummy2, auth in svc.requests)
+    # /health needs no token and gets none; every other request carries this one.
+    assert all(auth == 'Bearer ' + TOKEN for path, dummy, auth in svc.requests if path != '/health')
+    assert all(auth is None for path, dummy, auth in svc.requests if path == '/health')
     # An existing different file is never overwritten.
     os.chmod(str(image), 0o600)
     image.write_bytes(b'x' + BODY[1:])

@@ -7,6 +7,7 @@ refused on the next request without a restart, and ``state: absent`` removes it 
 import json
 import os
 import stat
+import subprocess
 
 from conftest import free_port, http_json, stack_env
 
@@ -64,8 +65,8 @@ def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_play
         with open(tokens_file) as f:
             text = f.read()
         assert READER not in text and ACQUIRER not in text
-        assert {c['name']: c['scopes'] for c in json.loads(text)['clients']} == {'ir-reader': ['read'],
-                                                                                   'ctl-awx': ['read', 'collect', 'trigger']}
+        scopes = {c['name']: c['scopes'] for c in json.loads(text)['clients']}
+        assert scopes == {'ir-reader': ['read'], 'ctl-awx': ['read', 'collect', 'trigger']}
 
         assert http_json(url, 'GET', '/api/dumps', token=READER)[0] == 200
         status, answer = http_json(url, 'POST', '/api/dumps', {'vms': ['web01']}, token=READER)
@@ -94,3 +95,19 @@ def test_a_listener_on_the_network_without_tls_is_refused_before_anything_is_ins
     assert result.rc != 0
     assert 'memdump_service_tls_cert' in result.stdout and '--insecure-listen' in result.stdout
     assert not os.path.exists(root)
+
+
+def test_the_dump_directory_on_the_root_file_system_is_refused_when_asked(run_playbook, tmp_path):
+    root, port = str(tmp_path / 'svc'), free_port()
+    target = subprocess.run(['findmnt', '--noheadings', '--output', 'TARGET', '--target', str(tmp_path)],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_dump_dir_own_filesystem=True))
+    try:
+        if target == '/':
+            assert result.rc != 0
+            assert 'is on the root file system: mount a file system of its own' in result.stdout
+        else:
+            assert result.rc == 0, result.stdout
+            assert 'is on its own file system (%s)' % target in result.stdout
+    finally:
+        run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_state='absent'))

@@ -305,6 +305,11 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmpfs /run
 echo "MEMDUMP-LINUX-MARKER-$(cat /proc/sys/kernel/random/boot_id)" > /run/marker
+# memdump.writer=1 on the kernel command line (bench P7): keep rewriting 64 MiB of random bytes in
+# tmpfs, so that the guest dirties memory all the time, as a busy production guest does.
+if grep -q 'memdump.writer=1' /proc/cmdline; then
+  (while :; do head -c 67108864 /dev/urandom > /run/writer.tmp; done) &
+fi
 echo "READY $(cat /run/marker)" > /dev/ttyS0
 while :; do sleep 3600; done
 INIT
