@@ -217,6 +217,14 @@ class PlaybookResult:
             raise AssertionError('task %r did not run on %s; output:\n%s\n%s' % (task_name, host, self.stdout, self.stderr))
         return found
 
+    def role_task_results(self, name, host='localhost'):
+        """The result of the task whose name ends with name (a role's tasks carry the role's name as a prefix)."""
+        for play in (self.json or {}).get('plays', []):
+            for task in play.get('tasks', []):
+                if task['task']['name'].endswith(name) and host in task['hosts']:
+                    return task['hosts'][host]
+        raise AssertionError('no task %r on %s; output:\n%s\n%s' % (name, host, self.stdout, self.stderr))
+
     @property
     def stats(self):
         return (self.json or {}).get('stats', {})

@@ -32,15 +32,6 @@ def influx_env(tmp_path, database):
             'MEMDUMP_INFLUXDB_DATABASE': database, 'MEMDUMP_INFLUXDB_SPOOL_DIR': str(tmp_path / 'spool')}
 
 
-def role_task(result, name, host='localhost'):
-    """The result of the role's task called name (role tasks carry the role's name as a prefix)."""
-    for play in result.json['plays']:
-        for task in play['tasks']:
-            if task['task']['name'].endswith(name) and host in task['hosts']:
-                return task['hosts'][host]
-    raise AssertionError('no task %r in %s' % (name, result.stdout))
-
-
 def manifest(evidence, label=LABEL):
     with open(os.path.join(str(evidence), label, 'manifest.json')) as f:
         return json.load(f)
@@ -121,12 +112,12 @@ def test_failed_vm_is_retried_and_recorded_once(memdump_service, run_playbook, t
     assert first.rc != 0
     assert 'memdump-no-such-vm' in first.stdout
     # The VM that worked is shown with its evidence file, although the play fails for the other one.
-    shown = role_task(first, 'Show what was acquired, per VM')['msg']
+    shown = first.role_task_results('Show what was acquired, per VM')['msg']
     assert shown['vms'][vm]['state'] == 'completed' and shown['vms'][vm]['dump'] == 'new'
     assert shown['vms'][vm]['evidence_file'].startswith(str(evidence / label / 'localhost' / vm))
     assert shown['custody_log'] == str(evidence / label / 'custody.jsonl')
     # A typo: the advice is to check the name against the domains the service sees, not to re-run as is.
-    failure = role_task(first, 'Fail for the VMs whose dump failed')['msg']
+    failure = first.role_task_results('Fail for the VMs whose dump failed')['msg']
     assert 'no such VM on this host' in failure and 'check the name' in failure and vm in failure
     assert 'to retry only' not in failure
     data = manifest(evidence, label)
@@ -154,7 +145,7 @@ def test_force_then_delete_removes_every_collected_image_of_the_label(memdump_se
     status, listing = svc.api('GET', '/api/dumps?label=' + label)
     assert len(listing['dumps']) == 2                       # force took a second dump
     assert all(d['file_deleted'] for d in listing['dumps'])  # and both images are gone from the host
-    said = role_task(second, 'Say which images were deleted from the host and which remain there')['msg']
+    said = second.role_task_results('Say which images were deleted from the host and which remain there')['msg']
     assert sorted(said['deleted_from_host'].split(', ')) == sorted('web01 %s' % d['dump_id'] for d in listing['dumps'])
     assert said['remain_on_host'] == 'none'
 

@@ -283,15 +283,6 @@ def acquire(run_playbook, svc, evidence, vms, label, inventory='localhost,', hos
                         env={'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token})
 
 
-def task_result(res, name, host='localhost'):
-    """The result of a task whose name ends with name (role tasks are prefixed with the role)."""
-    for play in res.json['plays']:
-        for task in play['tasks']:
-            if task['task']['name'].endswith(name) and host in task['hosts']:
-                return task['hosts'][host]
-    raise AssertionError('no task %r in %s' % (name, res.stdout))
-
-
 def verify(run_playbook, evidence, label, allowed, **extra):
     extra_vars = {'label': label, 'evidence_dir': str(evidence), 'allowed_signers': allowed}
     extra_vars.update(extra)
@@ -347,7 +338,7 @@ def test_acquire_verify_tamper_recipe(memdump_service, test_driver_uri, run_play
         assert e['vm'] in ('web01', 'db01') and e['vm_uuid'] and e['method'] == 'memory-only' and e['format'] == 'elf'
         assert re.match(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$', e['time']) and e['paused_sec'] is not None
     assert events[0]['prev'] == '0' * 64
-    shown = task_result(res, 'Say which images were deleted from the host and which remain there')['msg']
+    shown = res.role_task_results('Say which images were deleted from the host and which remain there')['msg']
     assert shown['remain_on_host'] == 'none' and shown['deleted_from_host'].count(' ') == 3
     manifest = json.loads((incident / 'manifest.json').read_text())
     assert all(m['collected'] and m['deleted_from_host'] for m in manifest['entries'])

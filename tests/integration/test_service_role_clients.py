@@ -38,15 +38,6 @@ def role_vars(root, port, clients, **extra):
     return values
 
 
-def role_task(result, name):
-    """The result of the role's task called name (role tasks carry the role's name as a prefix)."""
-    for play in result.json['plays']:
-        for task in play['tasks']:
-            if task['task']['name'].endswith(name) and 'localhost' in task['hosts']:
-                return task['hosts']['localhost']
-    raise AssertionError('no task %r in %s' % (name, result.stdout))
-
-
 def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_playbook, tmp_path):
     root, port = str(tmp_path / 'svc'), free_port()
     url = 'http://127.0.0.1:%d' % port
@@ -55,7 +46,7 @@ def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_play
     first = run_playbook(PLAY, extra_vars=role_vars(root, port, clients))
     try:
         assert first.rc == 0, first.stdout + first.stderr
-        where = role_task(first, 'Show where the service runs and where its files are')['msg']
+        where = first.role_task_results('Show where the service runs and where its files are')['msg']
         assert where['token_file'] == root + '/etc/clients.json (ir-reader, ctl-awx)'
         for secret in (READER, ACQUIRER):
             assert secret not in first.stdout
