@@ -126,11 +126,22 @@ if [ "$have_callback" = 1 ] && [ -n "${MEMDUMP_TEST_INFLUXDB_URL:-}" ]; then
   export ANSIBLE_CALLBACKS_ENABLED=vmforensics.memdump.influxdb MEMDUMP_INFLUXDB_URL=$MEMDUMP_TEST_INFLUXDB_URL \
     MEMDUMP_INFLUXDB_DATABASE=$influx_db MEMDUMP_INFLUXDB_SPOOL_DIR=$work/spool
 fi
-say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true"
+# A signing key for the custody log, made for this demo; its public half stays with the evidence,
+# in OpenSSH's allowed-signers format, so that the log can be verified later (docs/runbook.md).
+ssh-keygen -q -t ed25519 -N '' -C memdump-demo -f "$work/custody_ed25519"
+mkdir -p "$evidence"
+printf 'demo@memdump namespaces="memdump-custody" %s\n' "$(cat "$work/custody_ed25519.pub")" > "$evidence/allowed_signers"
+say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true -e signing_key=..."
 ansible-playbook -i localhost, -c local vmforensics.memdump.acquire \
   -e "ansible_python_interpreter=$venv/bin/python" -e memdump_hosts=localhost -e "label=$label" \
-  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$evidence" -e wait_timeout=600
+  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$evidence" -e wait_timeout=600 \
+  -e "signing_key=$work/custody_ed25519"
 play_rc=$?
+if [ "$play_rc" = 0 ]; then
+  say "ansible-playbook vmforensics.memdump.verify -e label=$label -e allowed_signers=$evidence/allowed_signers"
+  ansible-playbook -i localhost, vmforensics.memdump.verify -e "label=$label" -e "evidence_dir=$evidence" \
+    -e "allowed_signers=$evidence/allowed_signers" || play_rc=$?
+fi
 
 # --- Results ------------------------------------------------------------------------------------
 say "per VM (from the service), and the collected evidence (from the custody manifest)"
@@ -176,6 +187,6 @@ else
   say "InfluxDB records: skipped (no callback or no InfluxDB in the stack)"
 fi
 
-say "evidence kept in $evidence/$label (images, manifest.json); remove it with: rm -rf $evidence"
+say "evidence kept in $evidence/$label (images, custody.jsonl, manifest.json; the public key in $evidence/allowed_signers); remove it with: rm -rf $evidence"
 if [ "$play_rc" != 0 ]; then die "the acquisition playbook failed (rc $play_rc)"; fi
 say "demo finished"
