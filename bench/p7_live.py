@@ -8,10 +8,9 @@ downtime for live, the dump call for memory-only), its ``duration_sec``, the pau
     bash bench/run.sh P7      (or, with the stack's env sourced: python bench/p7_live.py)
 """
 
-import datetime
 import os
-import re
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -20,34 +19,8 @@ import benchlib as b
 METHODS = ['memory-only', 'live']
 # idle: the guest only sleeps; writing: it rewrites 64 MiB of random bytes in tmpfs all the time.
 LOADS = ['idle', 'writing']
-EVENT_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: .*'lifecycle' .*: (Suspended|Resumed)")
-
-
-class PauseWatch:
-    """The guest's pauses as libvirt announces them, independent of the job statistics."""
-
-    def __init__(self, vm):
-        self.proc = subprocess.Popen(b.VIRSH + ['event', '--loop', '--timestamp', '--event', 'lifecycle', vm],
-                                     stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # virsh has registered for events
-
-    def seconds(self):
-        """Total seconds between each Suspended and the Resumed after it."""
-        time.sleep(0.5)
-        self.proc.terminate()
-        out, _err = self.proc.communicate(timeout=10)
-        total, since = 0.0, None
-        for line in out.splitlines():
-            found = EVENT_RE.match(line)
-            if not found:
-                continue
-            stamp = datetime.datetime.strptime(found.group(1), '%Y-%m-%d %H:%M:%S.%f').timestamp()
-            if found.group(2) == 'Suspended':
-                since = stamp
-            elif since is not None:
-                total += stamp - since
-                since = None
-        return total
+sys.path.insert(0, os.path.join(b.REPO, 'tests'))
+from libvirt_events import LifecycleWatch  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 
 def start_linux_guest(template, name, mib, console, writing=False):
@@ -100,10 +73,10 @@ def main():
                 samples = {m: {'paused_sec': [], 'event_pause_sec': [], 'duration_sec': [], 'size_mib': []} for m in METHODS}
                 for rep in range(reps):
                     for method in b.rotate(METHODS, rep):
-                        watch = PauseWatch(vm)
+                        watch = LifecycleWatch(uri, vm)
                         dump = b.post_dumps(svc.url, [vm], method=method)[0]
                         rec = b.wait_dump(svc.url, dump['dump_id'], timeout=600)
-                        event_pause = watch.seconds()
+                        event_pause = sum(watch.pauses())
                         if rec['state'] != 'completed':
                             raise RuntimeError('%s dump of %s failed: %s' % (method, vm, rec.get('message')))
                         row = samples[method]

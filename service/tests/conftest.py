@@ -1,6 +1,7 @@
 """Fixtures for the memdump service tests."""
 
 import contextlib
+import shutil
 import socket
 import threading
 import time
@@ -51,6 +52,18 @@ def running_app(settings: Settings) -> t.Iterator[TestClient]:
     """A TestClient whose lifespan (job manager) runs inside the block; it calls the service by a loopback name."""
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         yield client
+
+
+@contextlib.contextmanager
+def real_libvirt_app(base: t.Any, uri: str) -> t.Iterator[TestClient]:
+    """A service on a real libvirtd for a whole test module, in base; its images are removed afterwards."""
+    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=uri, progress_interval=0.02,
+                        insecure_no_auth=True)
+    try:
+        with running_app(settings) as client:
+            yield client
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(name="client")

@@ -1,11 +1,9 @@
 """Dump methods (issue 15): the request field and reuse rules on the test driver, and live dumps of the stack's real
 Linux guest read by Volatility 3 (those skipped unless tests/stack/stack.sh up exported MEMDUMP_TEST_LINUX_VM)."""
 
-import datetime
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,9 +11,11 @@ import time
 
 import pytest
 
-from memdump_service.config import Settings
 
-from conftest import running_app, wait_finished
+from conftest import real_libvirt_app, wait_finished
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+import libvirt_events  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 URI = os.environ.get("MEMDUMP_TEST_LIBVIRT_URI")
 LINUX_VM = os.environ.get("MEMDUMP_TEST_LINUX_VM")
@@ -72,12 +72,8 @@ def test_reuse_needs_the_same_method_and_format(gate, client):
 @pytest.fixture(name="lclient", scope="module")
 def fixture_lclient(tmp_path_factory):
     """One service on the real libvirtd for the module; its images are removed afterwards."""
-    base = tmp_path_factory.mktemp("live")
-    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=URI, progress_interval=0.02,
-                        insecure_no_auth=True)
-    with running_app(settings) as client:
+    with real_libvirt_app(tmp_path_factory.mktemp("live"), URI) as client:
         yield client
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(name="domain")
@@ -115,33 +111,6 @@ def contains(path, needle):
             tail = chunk[-len(needle):]
 
 
-class LifecycleWatch:
-    """`virsh event --loop --timestamp --event lifecycle`: the guest's pauses as libvirt announced them (independent of jobStats)."""
-
-    def __init__(self, vm):
-        self.proc = subprocess.Popen(["virsh", "-c", URI, "event", "--loop", "--timestamp", "--event", "lifecycle", vm],
-                                     stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # virsh has registered for events
-
-    def pauses(self):
-        """Seconds between each Suspended and the Resumed after it."""
-        time.sleep(0.5)
-        self.proc.terminate()
-        out, _err = self.proc.communicate(timeout=10)
-        spans, since = [], None
-        for line in out.splitlines():
-            found = re.match(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: .*'lifecycle' .*: (Suspended|Resumed)", line)
-            if not found:
-                continue
-            stamp = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-            if found.group(2) == "Suspended":
-                since = stamp
-            elif since is not None:
-                spans.append(stamp - since)
-                since = None
-        return spans
-
-
 @needs_linux
 def test_live_dump_of_a_running_linux_guest(lclient, domain):
     import libvirt  # pylint: disable=import-outside-toplevel
@@ -156,7 +125,7 @@ def test_live_dump_of_a_running_linux_guest(lclient, domain):
                 states.append(domain.state()[0])
             time.sleep(0.005)
 
-    watch = LifecycleWatch(LINUX_VM)
+    watch = libvirt_events.LifecycleWatch(URI, LINUX_VM)
     poller = threading.Thread(target=poll_state, daemon=True)
     poller.start()
     try:

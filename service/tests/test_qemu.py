@@ -2,17 +2,15 @@
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 import time
 
 import pytest
 
-from memdump_service.config import Settings
 
 import elfcore
-from conftest import running_app, wait_finished
+from conftest import real_libvirt_app, wait_finished
 
 URI = os.environ.get("MEMDUMP_TEST_LIBVIRT_URI")
 VM = os.environ.get("MEMDUMP_TEST_VM")
@@ -26,12 +24,8 @@ pytestmark = pytest.mark.skipif(not (URI and VM), reason="MEMDUMP_TEST_LIBVIRT_U
 @pytest.fixture(name="qclient", scope="module")
 def fixture_qclient(tmp_path_factory):
     """One service on the real libvirtd for the module; its images are removed afterwards."""
-    base = tmp_path_factory.mktemp("qemu")
-    settings = Settings(dump_dir=str(base / "dumps"), state_file=str(base / "jobs.sqlite3"), libvirt_uri=URI, progress_interval=0.02,
-                        insecure_no_auth=True)
-    with running_app(settings) as client:
+    with real_libvirt_app(tmp_path_factory.mktemp("qemu"), URI) as client:
         yield client
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def dump(client, body, timeout=120.0):
