@@ -164,7 +164,7 @@ cmd_all() {
   bash "$stack" down >/dev/null 2>&1 || true
   trap 'bash "$stack" down' EXIT
   trap 'exit 130' INT TERM
-  bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
+  MEMDUMP_STACK_SYSTEMD_HOST=1 bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
   rm -rf "$results" "$repo"/tests/output/collection.*
   local layer ok failed_layers=() passed=0 failed=0 skipped=0 p f s lines=()
   for layer in service units integration sanity lint molecule build; do

@@ -6,6 +6,8 @@ import sqlite3
 import threading
 import typing as t
 
+from memdump_service.config import ConfigError
+
 COLUMNS = (
     "dump_id", "seq", "vm", "vm_uuid", "label", "method", "format", "state", "progress", "message",
     "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
@@ -58,6 +60,20 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+def _owner_hint(path: str) -> str:
+    """Why a state file the service cannot open is likely so: it belongs to another user (an earlier deployment)."""
+    for candidate in (path, os.path.dirname(os.path.abspath(path))):
+        try:
+            owner = os.stat(candidate).st_uid
+        except OSError:
+            continue
+        if owner != os.geteuid():
+            return (f"; {candidate} belongs to uid {owner}, and the service runs as uid {os.geteuid()}: give it to the "
+                    "service's user (chown -R), as the service role does")
+        break
+    return ""
+
+
 class Store:
     """Dump records, request ids and the change marker in one SQLite file."""
 
@@ -65,25 +81,33 @@ class Store:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            # Job databases written before collected_at or method existed (every dump then was memory-only).
-            known = {row["name"] for row in self._db.execute("PRAGMA table_info(dumps)")}
-            if "collected_at" not in known:
-                self._db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
-            if "method" not in known:
-                self._db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
-            for column in CONTEXT_COLUMNS:
-                if column not in known:
-                    self._db.execute(f"ALTER TABLE dumps ADD COLUMN {column} TEXT")
+        try:
+            self._db = self._open(path)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the state file {path}: {exc}{_owner_hint(path)}") from exc
         try:
             os.chmod(path, 0o600)
         except OSError:
             pass
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        """Connect and bring the schema of an older job database up to date."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        # Job databases written before collected_at or method existed (every dump then was memory-only).
+        known = {row["name"] for row in db.execute("PRAGMA table_info(dumps)")}
+        if "collected_at" not in known:
+            db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
+        if "method" not in known:
+            db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
+        for column in CONTEXT_COLUMNS:
+            if column not in known:
+                db.execute(f"ALTER TABLE dumps ADD COLUMN {column} TEXT")
+        return db
 
     def close(self) -> None:
         """Close the database."""

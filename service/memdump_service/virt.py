@@ -494,6 +494,13 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             target = self.fifo_path
         else:
             target = self.raw_path
+            # libvirtd creates a missing file as root, mode 0600, which a service running as its own user could not
+            # read back; a file that exists keeps its owner, so create it first.
+            remove_quietly(self.raw_path)
+            try:
+                os.close(os.open(self.raw_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError as exc:
+                raise DumpError(f"cannot create the image file {self.raw_path}: {exc.strerror}") from exc
         stop = threading.Event()
         poller = threading.Thread(target=self._poll, args=(dom, stop, on_progress), name="memdump-progress", daemon=True)
         poller.start()

@@ -19,6 +19,7 @@ from memdump_service import auth, dumps, health, jobs
 from memdump_service.app import create_app
 from memdump_service.config import ConfigError, Settings
 from memdump_service.jobs import JobManager
+from memdump_service.store import Store
 from memdump_service.virt import DumpError
 
 from conftest import running_app, wait_finished
@@ -239,6 +240,19 @@ def test_token_file_of_another_user_is_refused(tmp_path):
     os.chown(path, 4242, 4242)
     with pytest.raises(ConfigError, match="belongs to uid 4242"):
         auth.Credentials(str(path), single_token=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
+def test_state_file_the_service_cannot_open_is_named_with_its_owner(tmp_path, node_uri):
+    # What a redeployment under another user leaves: a state path the service cannot open (here a directory of uid 4242).
+    state = tmp_path / "state.sqlite"
+    state.mkdir()
+    os.chown(state, 4242, 4242)
+    with pytest.raises(ConfigError, match=r"cannot open the state file .*belongs to uid 4242, and the service runs as uid 0"):
+        Store(str(state))
+    proc = subprocess.run([sys.executable, "-m", "memdump_service", "--libvirt-uri", node_uri, "--dump-dir", str(tmp_path / "d"),
+                           "--state-file", str(state), "--insecure-no-auth"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "cannot open the state file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()

@@ -1,13 +1,19 @@
 """Role vmforensics.memdump.memdump_service with named clients (per-controller tokens with scopes).
 
-The role runs for real (process mode, libvirt's test driver): the service gets a tokens file holding
-only SHA-256 hashes, each client can do what its scopes allow, a token removed from the inventory is
-refused on the next request without a restart, and ``state: absent`` removes it all again.
+The role runs for real (process mode, libvirt's test driver, as its default non-root user): the service
+gets a tokens file holding only SHA-256 hashes, each client can do what its scopes allow, a token
+removed from the inventory is refused on the next request without a restart, and ``state: absent``
+removes it all again.
 """
 import json
 import os
+import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
+
+import pytest
 
 from conftest import free_port, http_json, stack_env
 
@@ -19,6 +25,21 @@ PLAY = '''
   roles:
     - role: vmforensics.memdump.memdump_service
 '''
+
+
+@pytest.fixture
+def service_root():
+    """Where the role installs the service: a directory the service's own user can reach (pytest's are root's, 0700)."""
+    path = tempfile.mkdtemp(prefix='memdump-role-', dir='/var/tmp')
+    os.chmod(path, 0o755)
+    yield os.path.join(path, 'svc')
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def process_user(pid):
+    with open('/proc/%s/status' % pid) as f:
+        uid = next(int(line.split()[1]) for line in f if line.startswith('Uid:'))
+    return pwd.getpwuid(uid).pw_name
 
 
 def role_vars(root, port, clients, **extra):
@@ -38,8 +59,8 @@ def role_vars(root, port, clients, **extra):
     return values
 
 
-def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_playbook, tmp_path):
-    root, port = str(tmp_path / 'svc'), free_port()
+def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_playbook, service_root):
+    root, port = service_root, free_port()
     url = 'http://127.0.0.1:%d' % port
     clients = [{'name': 'ir-reader', 'token': READER, 'scopes': ['read']},
                {'name': 'ctl-awx', 'token': ACQUIRER, 'scopes': ['read', 'collect', 'trigger']}]
@@ -68,6 +89,7 @@ def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_play
         pid_file = role_vars(root, port, [])['memdump_service_pid_file']
         with open(pid_file) as f:
             pid = f.read().strip()
+        assert process_user(pid) == 'memdump'
         second = run_playbook(PLAY, extra_vars=role_vars(root, port, clients[1:]))
         assert second.rc == 0, second.stdout + second.stderr
         assert http_json(url, 'GET', '/api/dumps', token=READER)[0] == 401
@@ -80,17 +102,17 @@ def test_named_clients_get_their_scopes_and_revocation_needs_no_restart(run_play
     assert not os.path.exists(root + '/etc') and not os.path.exists(root + '/opt')
 
 
-def test_a_listener_on_the_network_without_tls_is_refused_before_anything_is_installed(run_playbook, tmp_path):
-    root, port = str(tmp_path / 'svc'), free_port()
+def test_a_listener_on_the_network_without_tls_is_refused_before_anything_is_installed(run_playbook, service_root):
+    root, port = service_root, free_port()
     result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_listen_address='0.0.0.0'))
     assert result.rc != 0
     assert 'memdump_service_tls_cert' in result.stdout and '--insecure-listen' in result.stdout
     assert not os.path.exists(root)
 
 
-def test_the_dump_directory_on_the_root_file_system_is_refused_when_asked(run_playbook, tmp_path):
-    root, port = str(tmp_path / 'svc'), free_port()
-    target = subprocess.run(['findmnt', '--noheadings', '--output', 'TARGET', '--target', str(tmp_path)],
+def test_the_dump_directory_on_the_root_file_system_is_refused_when_asked(run_playbook, service_root):
+    root, port = service_root, free_port()
+    target = subprocess.run(['findmnt', '--noheadings', '--output', 'TARGET', '--target', os.path.dirname(root)],
                             capture_output=True, text=True, check=True).stdout.strip()
     result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_dump_dir_own_filesystem=True))
     try:
@@ -100,5 +122,25 @@ def test_the_dump_directory_on_the_root_file_system_is_refused_when_asked(run_pl
         else:
             assert result.rc == 0, result.stdout
             assert 'is on its own file system (%s)' % target in result.stdout
+    finally:
+        run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_state='absent'))
+
+
+def test_a_user_libvirt_refuses_fails_the_deployment_and_says_what_to_do(run_playbook, service_root):
+    # The stack's libvirtd runs without a system bus, so polkit cannot admit group libvirt: only root gets in.
+    if os.path.exists('/run/dbus/system_bus_socket'):
+        pytest.skip('a system bus runs here: polkit may admit group libvirt')
+    root, port = service_root, free_port()
+    extra = {'memdump_service_libvirt_uri': stack_env('MEMDUMP_TEST_LIBVIRT_URI')}
+    try:
+        refused = run_playbook(PLAY, extra_vars=role_vars(root, port, [], **extra))
+        assert refused.rc != 0
+        msg = refused.role_task_results("Fail when the service's user is refused by libvirt")['msg']
+        assert 'runs as user memdump' in msg and 'refuses it' in msg and 'memdump_service_user: root' in msg, msg
+        as_root = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_user='root',
+                                                          memdump_service_group='root', **extra))
+        assert as_root.rc == 0, as_root.stdout
+        status, health = http_json('http://127.0.0.1:%d' % port, 'GET', '/health')
+        assert status == 200 and health['libvirt']['connected'], health
     finally:
         run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_state='absent'))

@@ -1,8 +1,7 @@
 """The systemd unit of role vmforensics.memdump.memdump_service renders and passes ``systemd-analyze verify``.
 
-This machine has no systemd as PID 1 (the molecule scenario runs the service as a managed process),
-so the unit is checked statically: its hardening keeps the dump and state directories writable and
-the libvirt socket reachable.
+test_systemd_host.py runs the unit on a real systemd host; here every variant is checked statically:
+its hardening keeps the dump and state directories writable and the libvirt socket reachable.
 """
 import json
 import os
@@ -33,12 +32,12 @@ def render(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize('overrides', [
-    {},
-    {'memdump_service_user': 'memdump', 'memdump_service_group': 'memdump', 'memdump_service_port': 443,
-     'memdump_service_ip_allow': ['192.0.2.10', '2001:db8::/64']}],
-    ids=['root', 'unprivileged-low-port-ip-allow'])
+    {'memdump_service_user': 'root', 'memdump_service_group': 'root'},
+    {'memdump_service_port': 443, 'memdump_service_ip_allow': ['192.0.2.10', '2001:db8::/64']}],
+    ids=['root', 'default-user-low-port-ip-allow'])
 def test_unit_is_hardened_and_valid(tmp_path, overrides):
-    unit = render(tmp_path, **overrides).read_text()
+    # Group libvirt as the role finds it on a libvirt host.
+    unit = render(tmp_path, _memdump_service_libvirt_groups=['libvirt'], **overrides).read_text()
     lines = [line for line in unit.splitlines() if '=' in line and not line.startswith('#')]
     settings = dict(line.split('=', 1) for line in lines)
     filters = [line.split('=', 1)[1] for line in lines if line.startswith('SystemCallFilter=')]
@@ -47,7 +46,9 @@ def test_unit_is_hardened_and_valid(tmp_path, overrides):
     assert 'InaccessiblePaths=-/var/lib/libvirt/images' in lines
     caps = settings['CapabilityBoundingSet'].split()
     assert not {'CAP_CHOWN', 'CAP_FOWNER', 'CAP_DAC_READ_SEARCH'} & set(caps)
-    if overrides:
+    unprivileged = 'memdump_service_user' not in overrides
+    assert settings['User'] == ('memdump' if unprivileged else 'root')
+    if unprivileged:
         assert caps == ['CAP_NET_BIND_SERVICE']
         assert settings['IPAddressDeny'] == 'any'
         assert settings['IPAddressAllow'] == 'localhost 192.0.2.10 2001:db8::/64'
@@ -57,7 +58,7 @@ def test_unit_is_hardened_and_valid(tmp_path, overrides):
     writable = settings['ReadWritePaths'].split()
     assert '/var/lib/memdump/dumps' in writable and '/var/lib/memdump' in writable and '-/run/libvirt' in writable
     assert 'AF_UNIX' in settings['RestrictAddressFamilies']
-    if overrides:
+    if unprivileged:
         assert settings['SupplementaryGroups'] == 'libvirt'
         assert settings['AmbientCapabilities'] == 'CAP_NET_BIND_SERVICE'
     if shutil.which('systemd-analyze'):

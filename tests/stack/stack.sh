@@ -12,6 +12,10 @@
 #   stack.sh bench-down   remove only what bench-up created
 #   stack.sh linux-up     (part of `up` for qemu) a 512 MiB guest running Debian's kernel and a busybox
 #                         initramfs that keeps a per-boot marker in tmpfs; appends its exports to env
+#   stack.sh systemd-host-up    (part of `up` for qemu when MEMDUMP_STACK_SYSTEMD_HOST=1, as `make test`
+#                         sets it) a real systemd host: Debian 12 booted with systemd-nspawn, with
+#                         libvirtd, polkitd, sshd on 127.0.0.1 and a tiny guest
+#   stack.sh systemd-host-down  power it off and remove it (`down` does this too)
 #
 # `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
 set -euo pipefail
@@ -27,7 +31,7 @@ python=${MEMDUMP_PYTHON:-/usr/bin/python3}
 apt_packages=(python3 python3-venv python3-libvirt libvirt-clients influxdb influxdb-client
   binutils shellcheck curl openssl openssh-client git tar systemd)
 # Only the real-hypervisor backend needs these (`install test` leaves them out: no QEMU, no libvirtd).
-hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils cpio busybox-static)
+hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils cpio busybox-static debootstrap systemd-container)
 guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
 influx_port=${MEMDUMP_STACK_INFLUX_PORT:-18086}
 influx_auth_port=${MEMDUMP_STACK_INFLUX_AUTH_PORT:-18096}
@@ -223,6 +227,8 @@ cmd_up() {
       echo "export MEMDUMP_TEST_MARKER_ADDR=$marker_addr"
     } >> "$env"
     cmd_linux_up
+    # The systemd host costs a few minutes and ~1.6 GB: the test run asks for it, the demo and benchmarks do not.
+    [ "${MEMDUMP_STACK_SYSTEMD_HOST:-0}" != 1 ] || cmd_systemd_host_up
   fi
 
   start_influxdb influxdb "$influx_port" false
@@ -254,6 +260,7 @@ stop_pid() {  # pidfile
 
 cmd_down() {
   [ -d "$stack_dir" ] || return 0
+  cmd_systemd_host_down
   if [ -f "$stack_dir/guests" ]; then
     while read -r g; do
       [ -n "$g" ] || continue
@@ -364,6 +371,115 @@ XML
   log "linux-up: $name ready after $((SECONDS - started)) s"
 }
 
+# The systemd host: a Debian 12 root booted by systemd-nspawn. It shares this machine's network, so its
+# sshd (and any service the role starts in it) listens on this machine's loopback.
+sd_name=${guest_prefix}-systemd-host
+sd_root=${MEMDUMP_STACK_SYSTEMD_ROOT:-/var/tmp/$sd_name}
+sd_ssh_port=${MEMDUMP_STACK_SYSTEMD_SSH_PORT:-15922}
+sd_packages=(libvirt-daemon-system qemu-system-x86 sudo openssh-server)
+
+sd_leader() { pgrep -P "$(cat "$stack_dir/systemd-host.pid")" | head -1; }
+sd_run() { nsenter -t "$(sd_leader)" -a "$@"; }
+
+cached_systemd_host() {  # prints the path of a prepared root tarball, building it the first time (~2 min)
+  local key tarball tmp
+  key=$(echo "bookworm ${sd_packages[*]} cgroup_controllers=[]" | sha256sum | cut -c1-12)
+  tarball=$kernel_cache/systemd-host-bookworm-$key.tgz
+  if [ ! -s "$tarball" ]; then
+    mkdir -p "$kernel_cache"
+    tmp=$(mktemp -d /var/tmp/memdump-systemd-host-build.XXXXXX)
+    chmod 0755 "$tmp"   # the container's / (mktemp's 0700 would lock out every user but root: dbus, polkitd, QEMU)
+    log "building the systemd host's root file system (debootstrap + libvirt; once per machine)"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,python3,iproute2 \
+      bookworm "$tmp" http://deb.debian.org/debian > "$kernel_cache/systemd-host-debootstrap.log" 2>&1 \
+      || { log "debootstrap failed: see $kernel_cache/systemd-host-debootstrap.log"; rm -rf --one-file-system "$tmp"; exit 1; }
+    cp /etc/resolv.conf "$tmp/etc/resolv.conf"
+    cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/ca-certificates.crt"
+    mount -t proc proc "$tmp/proc"
+    chroot "$tmp" bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${sd_packages[*]}" \
+      > "$kernel_cache/systemd-host-apt.log" 2>&1 || { umount "$tmp/proc"; log "apt-get in the systemd host failed: see $kernel_cache/systemd-host-apt.log"; exit 1; }
+    umount "$tmp/proc"
+    # The container's cgroup tree is read-only: QEMU guests do not start unless libvirt leaves cgroups alone.
+    sed -i 's/^#\?cgroup_controllers = .*/cgroup_controllers = [ ]/' "$tmp/etc/libvirt/qemu.conf"
+    chroot "$tmp" apt-get clean
+    tar -C "$tmp" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    rm -rf --one-file-system "$tmp"
+  fi
+  echo "$tarball"
+}
+
+cmd_systemd_host_up() {
+  need_root
+  [ -f "$stack_dir/env" ] || { log "systemd-host-up needs a running stack: run '$0 up' first"; exit 1; }
+  local tarball key="$stack_dir/systemd-host-key" started state=""
+  if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "systemd-nspawn or debootstrap is missing: run '$0 install'"; exit 1
+  fi
+  cmd_systemd_host_down
+  tarball=$(cached_systemd_host)
+  mkdir -p "$sd_root"
+  tar -C "$sd_root" -xzf "$tarball"
+  chmod 0755 "$sd_root"
+  echo "$sd_root" > "$stack_dir/systemd-host.root"
+  # What this machine uses to reach the registries (resolver, its certificate authority, pip's settings).
+  cp /etc/resolv.conf "$sd_root/etc/resolv.conf"
+  cp /etc/ssl/certs/ca-certificates.crt "$sd_root/etc/ssl/certs/ca-certificates.crt"
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$sd_root/etc/pip.conf"
+  rm -f "$key" "$key.pub"
+  ssh-keygen -q -t ed25519 -N '' -C memdump-systemd-host -f "$key"
+  install -d -m 0700 "$sd_root/root/.ssh"
+  install -m 0600 "$key.pub" "$sd_root/root/.ssh/authorized_keys"
+  printf 'Port %s\nListenAddress 127.0.0.1\nPasswordAuthentication no\n' "$sd_ssh_port" > "$sd_root/etc/ssh/sshd_config.d/memdump-stack.conf"
+  started=$SECONDS
+  setsid systemd-nspawn -D "$sd_root" --boot --register=no --keep-unit --machine="$sd_name" --capability=all \
+    > "$stack_dir/systemd-host.log" 2>&1 < /dev/null &
+  echo $! > "$stack_dir/systemd-host.pid"
+  while [ $((SECONDS - started)) -lt 90 ]; do
+    if [ -n "$(sd_leader)" ]; then
+      state=$(sd_run systemctl is-system-running 2>/dev/null || true)
+      case $state in running|degraded) break ;; esac
+    fi
+    pidfile_alive "$stack_dir/systemd-host.pid" || { log "systemd-nspawn exited: see $stack_dir/systemd-host.log"; exit 1; }
+    sleep 1
+  done
+  case $state in running|degraded) ;; *) log "the systemd host did not boot within 90 s (state '$state'): see $stack_dir/systemd-host.log"; exit 1 ;; esac
+  guest_xml "$sd_name-tiny" 64 > "$sd_root/root/guest.xml"
+  sd_run virsh -c qemu:///system define /root/guest.xml >/dev/null
+  sd_run virsh -c qemu:///system start "$sd_name-tiny" >/dev/null
+  for _ in $(seq 1 50); do
+    ssh -q -i "$key" -p "$sd_ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+      root@127.0.0.1 true 2>/dev/null && break
+    sleep 0.2
+  done
+  grep -v '^export MEMDUMP_SYSTEMD_HOST_' "$stack_dir/env" > "$stack_dir/env.tmp" || true
+  {
+    echo "export MEMDUMP_SYSTEMD_HOST_SSH_PORT=$sd_ssh_port"
+    echo "export MEMDUMP_SYSTEMD_HOST_SSH_KEY='$key'"
+    echo "export MEMDUMP_SYSTEMD_HOST_VM='$sd_name-tiny'"
+    echo "export MEMDUMP_SYSTEMD_HOST_VM_MIB=64"
+  } >> "$stack_dir/env.tmp"
+  mv "$stack_dir/env.tmp" "$stack_dir/env"
+  log "systemd-host-up: $sd_name ($state, libvirtd and sshd on 127.0.0.1:$sd_ssh_port) after $((SECONDS - started)) s"
+}
+
+cmd_systemd_host_down() {
+  local root
+  [ -f "$stack_dir/systemd-host.root" ] || return 0
+  root=$(cat "$stack_dir/systemd-host.root")
+  if pidfile_alive "$stack_dir/systemd-host.pid"; then
+    sd_run systemctl poweroff >/dev/null 2>&1 || true
+    for _ in $(seq 1 300); do pidfile_alive "$stack_dir/systemd-host.pid" || break; sleep 0.1; done
+  fi
+  stop_pid "$stack_dir/systemd-host.pid"
+  case $root in /var/tmp/?*) rm -rf --one-file-system "$root" ;; *) log "left $root in place (not under /var/tmp)" ;; esac
+  rm -f "$stack_dir/systemd-host.root"
+  if [ -f "$stack_dir/env" ]; then
+    grep -v '^export MEMDUMP_SYSTEMD_HOST_' "$stack_dir/env" > "$stack_dir/env.tmp" || true
+    mv "$stack_dir/env.tmp" "$stack_dir/env"
+  fi
+  log "systemd-host-down"
+}
+
 bench_prefix=${MEMDUMP_BENCH_GUEST_PREFIX:-memdump-bench}
 
 cmd_bench_up() {
@@ -429,5 +545,7 @@ case "${1:-}" in
   bench-up) cmd_bench_up ;;
   bench-down) cmd_bench_down ;;
   linux-up) cmd_linux_up ;;
-  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|linux-up" >&2; exit 2 ;;
+  systemd-host-up) cmd_systemd_host_up ;;
+  systemd-host-down) cmd_systemd_host_down ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|linux-up|systemd-host-up|systemd-host-down" >&2; exit 2 ;;
 esac
