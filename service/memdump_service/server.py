@@ -3,11 +3,13 @@
 Limits, because slow or silent clients must not starve the service: the soft limit of open files is
 raised to the hard one; a new connection has --header-timeout seconds to send its request head; at
 most --max-pending-connections connections may still be sending one (beyond it the oldest is
-closed); beyond --max-connections open connections requests are answered 503.
+closed); beyond --max-connections open connections requests are answered 503. With TLS the handshake
+has the same --header-timeout deadline.
 """
 
 import asyncio
 import collections
+import functools
 import logging
 import resource
 import ssl
@@ -128,4 +130,17 @@ def serve(settings: Settings, app: t.Any) -> None:
                             limit_concurrency=connections, backlog=backlog, timeout_keep_alive=5, log_level=settings.log_level.lower(),
                             timeout_graceful_shutdown=10,
                             ssl_context_factory=(lambda _config, _default: context) if context else None)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if context is None:
+        server.run()
+        return
+
+    async def serve_tls() -> None:
+        # uvicorn leaves asyncio's TLS handshake timeout at 60 s, and a connection in its handshake is not yet one the
+        # protocol counts or times: give the handshake the same deadline as a request head.
+        loop = asyncio.get_running_loop()
+        loop.create_server = functools.partial(loop.create_server,  # type: ignore[method-assign]
+                                               ssl_handshake_timeout=settings.header_timeout)
+        await server.serve()
+
+    asyncio.run(serve_tls())

@@ -484,6 +484,25 @@ def test_tls_offers_only_aead_suites_on_tls12_and_later(memdump_service, test_dr
     print('TLS: refused %s; accepted %s' % ([c for c, _v in TLS_REFUSED], [tls_handshake(svc.port, c, v) for c, v in TLS_ACCEPTED]))
 
 
+def test_a_tls_handshake_that_never_comes_is_closed_after_the_header_timeout(memdump_service, test_driver_uri, self_signed_cert):
+    """Connections that open TCP to the TLS listener and send nothing: closed after --header-timeout (asyncio's own
+    handshake timeout, which uvicorn does not set, is 60 s); /health over TLS answers meanwhile."""
+    cert, key = self_signed_cert
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01']), token=SERVICE_TOKEN,
+                          extra_args=['--tls-cert', cert, '--tls-key', key, '--header-timeout', '2'])
+    socks = [socket.create_connection(('127.0.0.1', svc.port), timeout=10) for _number in range(50)]
+    try:
+        time.sleep(0.5)
+        assert svc.api('GET', '/health')[0] == 200
+        assert not any(closed_by_peer(sock) for sock in socks)
+        time.sleep(2 + 2)
+        still_open = sum(not closed_by_peer(sock) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert still_open == 0, '%d of 50 silent TLS connections still open after the header timeout' % still_open
+
+
 def openssl(*args):
     subprocess.run(['openssl'] + list(args), check=True, capture_output=True, timeout=60)
 

@@ -29,7 +29,7 @@ python=${MEMDUMP_PYTHON:-/usr/bin/python3}
 # libvirt-python is Debian's python3-libvirt (built for the host's libvirt, no compiler needed),
 # seen through a venv with system site packages, as the service role does on real hosts.
 apt_packages=(python3 python3-venv python3-libvirt libvirt-clients influxdb influxdb-client
-  binutils shellcheck curl openssl openssh-client git tar systemd)
+  binutils shellcheck curl openssl openssh-client git tar systemd procps)
 # Only the real-hypervisor backend needs these (`install test` leaves them out: no QEMU, no libvirtd).
 hypervisor_packages=(libvirt-daemon-system qemu-system-x86 qemu-utils cpio busybox-static debootstrap systemd-container)
 guest_prefix=${MEMDUMP_STACK_GUEST_PREFIX:-memdump-ci}
