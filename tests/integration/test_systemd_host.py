@@ -21,6 +21,8 @@ TOKEN = 'systemd-host-token-0123456789abcdef'
 
 @pytest.fixture
 def systemd_host(tmp_path):
+    if os.environ.get('MEMDUMP_SYSTEMD_HOST_UNAVAILABLE'):
+        pytest.skip(os.environ['MEMDUMP_SYSTEMD_HOST_UNAVAILABLE'])
     port, key = stack_env('MEMDUMP_SYSTEMD_HOST_SSH_PORT'), stack_env('MEMDUMP_SYSTEMD_HOST_SSH_KEY')
     inventory = tmp_path / 'hosts.ini'
     inventory.write_text(
