@@ -131,16 +131,14 @@ def serve(settings: Settings, app: t.Any) -> None:
                             timeout_graceful_shutdown=10,
                             ssl_context_factory=(lambda _config, _default: context) if context else None)
     server = uvicorn.Server(config)
-    if context is None:
-        server.run()
-        return
 
-    async def serve_tls() -> None:
-        # uvicorn leaves asyncio's TLS handshake timeout at 60 s, and a connection in its handshake is not yet one the
-        # protocol counts or times: give the handshake the same deadline as a request head.
-        loop = asyncio.get_running_loop()
-        loop.create_server = functools.partial(loop.create_server,  # type: ignore[method-assign]
-                                               ssl_handshake_timeout=settings.header_timeout)
+    async def serve_with_limits() -> None:
+        if context is not None:
+            # uvicorn leaves asyncio's TLS handshake timeout at 60 s, and a connection in its handshake is not yet one
+            # the protocol counts or times: give the handshake the same deadline as a request head.
+            loop = asyncio.get_running_loop()
+            loop.create_server = functools.partial(loop.create_server,  # type: ignore[method-assign]
+                                                   ssl_handshake_timeout=settings.header_timeout)
         await server.serve()
 
-    asyncio.run(serve_tls())
+    asyncio.run(serve_with_limits())
