@@ -27,7 +27,8 @@ description:
     C(duration_sec), C(dumps) and C(job_id) (the AWX job id, or the ansible-runner ident).
   - The head of the custody log that a task of this collection returns as C(custody_head)
     (V(vmforensics.memdump.memdump_collect), V(vmforensics.memdump.memdump_delete), V(vmforensics.memdump.memdump_verify))
-    goes to C(<measurement>_custody) (default C(memdump_custody)) with the tags C(label) (the log's incident label)
+    goes to the measurement C(memdump_custody), whatever O(measurement) is (V(vmforensics.memdump.memdump_verify)
+    reads it there), with the tags C(label) (the log's incident label)
     and C(host) (inventory host) and the fields C(seq) (integer) and C(hash) (string), timestamped when the task
     returned it. This is a witness of the log's length kept where the controller cannot silently rewrite it.
   - A point InfluxDB refuses as bad (HTTP 400 or 422, for a malformed line or a field type conflict) is dropped with
@@ -106,6 +107,7 @@ from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb import (
     BAD_POINT_STATUSES,
+    CUSTODY_MEASUREMENT,
     DEFAULT_MEASUREMENT,
     InfluxDBError,
     InfluxDBv1,
@@ -191,9 +193,9 @@ def custody_head_of(result):
     return {'label': label, 'seq': seq, 'hash': digest}
 
 
-def custody_point(measurement, host, head, at_ns):
+def custody_point(host, head, at_ns):
     """The line protocol of one custody head seen in a task result."""
-    return line(measurement + '_custody', dict(label=head['label'], host=host), dict(seq=head['seq'], hash=head['hash']), at_ns)
+    return line(CUSTODY_MEASUREMENT, dict(label=head['label'], host=host), dict(seq=head['seq'], hash=head['hash']), at_ns)
 
 
 def job_id_from_env(environ=None):
@@ -257,7 +259,7 @@ class DumpBuffer(object):
     def lines(self, measurement):
         return [dump_point(measurement, host, self.records[(host, dump_id)]['record'],
                            self.records[(host, dump_id)]['seen_at'])
-                for host, dump_id in self.order] + [custody_point(measurement, host, head, at_ns)
+                for host, dump_id in self.order] + [custody_point(host, head, at_ns)
                                                      for host, head, at_ns in self.heads]
 
     def __len__(self):

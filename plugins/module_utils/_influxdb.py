@@ -24,6 +24,8 @@ from ansible.module_utils.six.moves.urllib.parse import urlencode, urlsplit, url
 from ansible.module_utils.urls import open_url
 
 DEFAULT_MEASUREMENT = 'memdump'
+# Where the callback writes custody heads and memdump_verify reads them (whatever the dump measurement is).
+CUSTODY_MEASUREMENT = 'memdump_custody'
 DEFAULT_TIMEOUT = 5
 API_CHOICES = ('auto', 'v1', 'v2')
 

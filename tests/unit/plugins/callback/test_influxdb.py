@@ -398,7 +398,8 @@ HEAD = {'label': 'IR-24', 'seq': 12, 'hash': 'c' * 64}
 
 def test_custody_heads_become_custody_points(tmp_path, collector):
     url, requests = collector
-    cb, display = make_callback(tmp_path, url=url)
+    # The custody measurement is fixed (memdump_verify reads it there), whatever the dump measurement is.
+    cb, display = make_callback(tmp_path, url=url, measurement='forensics')
     cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_collect', {'changed': True, 'custody_head': HEAD}))
     # The same head again (a verify run right after) is written once; a loop's items each count.
     cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_verify', {'changed': False, 'custody_head': HEAD}))
@@ -416,12 +417,12 @@ def test_custody_heads_become_custody_points(tmp_path, collector):
         ('memdump_custody,host=hv01,label=IR-24', 'hash="%s",seq=12i' % ('c' * 64)),
         ('memdump_custody,host=hv01,label=IR-24', 'hash="%s",seq=13i' % ('d' * 64))]
     assert custody[0][2] < custody[1][2]  # distinct times: one series, neither overwrites the other
-    run = [item for item in lines if item.startswith('memdump_run')][0]
+    run = [item for item in lines if item.startswith('forensics_run')][0]
     assert 'dumps=0i' in run
 
 
 def test_custody_point_is_one_escaped_line():
     """Tags escaped, seq an integer field, hash a string field, the given time (the integration test reads it back)."""
     at = 1764892800123456789
-    text = cbmod.custody_point('memdump', 'hv 01,x', HEAD, at)
+    text = cbmod.custody_point('hv 01,x', HEAD, at)
     assert text == 'memdump_custody,host=hv\\ 01\\,x,label=IR-24 hash="%s",seq=12i %d' % ('c' * 64, at)
