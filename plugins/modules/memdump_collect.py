@@ -22,8 +22,8 @@ description:
     O(url) is used for the download only when the task's host is the controller itself, and O(token)
     when O(collect_token) is not set.
   - The file name is built from the B(requested) VM name O(vm) in a reversible, file-name-safe encoding
-    (percent-encoding of every byte outside C(A-Z a-z 0-9 _ -) and of a leading C(.), so C(Web Server #2)
-    becomes C(Web%20Server%20%232); a name whose encoding is longer than 200 bytes is shortened to its start,
+    (percent-encoding of every byte outside C(A-Z a-z 0-9 _ -) and of a leading C(.), so C(Web Server 2)
+    becomes C(Web%20Server%202); a name whose encoding is longer than 200 bytes is shortened to its start,
     C(~) and a hash) and the dump id; the custody log keeps the true name. Every VM name the service accepts
     can be collected. The file extension of each format and the label rule come from what the service
     publishes in C(/health) (C(rules)); for an older service that does not, its documented defaults are

@@ -19,10 +19,10 @@ description:
     custody log's chain, every signature against O(allowed_signers) when given (else the signatures are
     not checked and the events say so), and a re-hash of the controller's copy - and the log must hold a
     C(verified) event of this dump from this O(host). Then a signed C(deleting) event (the intent) is
-    appended, the module deletes on the host, and the outcome is appended: C(deleted_from_host) or
+    appended, the module deletes on the host, and the outcome is appended, C(deleted_from_host) or
     C(delete_failed). If the run stops in between, the log shows the intent without an outcome and the
     next run completes it (an image already gone is recorded as such).
-  - Without O(evidence_dir), O(sha256) is required: the service deletes only an image whose recorded
+  - Without O(evidence_dir), O(sha256) is required; the service deletes only an image whose recorded
     SHA-256 is that one, nothing is recorded, and the task warns. Use this only for a copy you verified
     yourself.
   - The module refuses to delete when the service's record names another VM than O(vm), has another

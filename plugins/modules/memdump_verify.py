@@ -25,7 +25,7 @@ description:
     C(reverified) event say that the signatures were not checked. Unsigned events fail unless
     O(allow_unsigned=true).
   - B(Witnesses.) The hash chain detects removed, reordered and edited events before the last one. Events
-    cut off the end (with their images) are detected only against a chain head kept elsewhere: the
+    cut off the end (with their images) are detected only against a chain head kept elsewhere. The
     service keeps the head each collection reported (ask it with O(collect_url)), and the InfluxDB
     callback records the head of every run (ask it with O(influxdb)). Every head a witness saw must be in
     the log with the same chain hash. RV(checked) lists which witnesses were reached; a witness that was
@@ -230,3 +230,4 @@ repaired:
   description: The seq of the C(repaired) event appended by O(repair_torn_line), else null.
   returned: always
   type: int
+'''

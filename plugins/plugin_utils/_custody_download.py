@@ -115,8 +115,8 @@ def _download(open_file, dest, expected_size, expected_sha256, retries, retry_de
 
 
 # A file system that has no hard links answers one of these to link().
-NO_LINKS = frozenset(getattr(errno, name) for name in ('EPERM', 'EOPNOTSUPP', 'ENOTSUP', 'EMLINK', 'EXDEV', 'ENOSYS',
-                                                      'EACCES') if hasattr(errno, name))
+NO_LINKS = frozenset(getattr(errno, name) for name in
+                     ('EPERM', 'EOPNOTSUPP', 'ENOTSUP', 'EMLINK', 'EXDEV', 'ENOSYS', 'EACCES') if hasattr(errno, name))
 
 
 def final_name(part, dest):

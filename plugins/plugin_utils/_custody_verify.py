@@ -204,8 +204,8 @@ def check_witnesses(report, label, heads):
         seen = ' (at %s)' % head['at'] if head.get('at') else ''
         if seq >= len(report.lines):
             report.problems.append('%s saw the custody log at event seq %d%s, but the log has only %d events: its tail '
-                                   'was cut (events removed from the end)' % (head.get('source'), seq, seen,
-                                                                             len(report.lines)))
+                                   'was cut (events removed from the end)'
+                                   % (head.get('source'), seq, seen, len(report.lines)))
         elif sha256_hex(report.lines[seq]) != want:
             report.problems.append('%s saw event seq %d with chain hash %s%s, the log has %s there: the log was '
                                    'rewritten' % (head.get('source'), seq, want, seen,

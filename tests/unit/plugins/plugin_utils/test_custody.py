@@ -162,7 +162,7 @@ def test_download_wrong_hash_keeps_nothing(tmp_path):
     other = hashlib.sha256(b'other').hexdigest()
     with pytest.raises(download_.DownloadError, match='SHA-256 of the received image'):
         download_.download(lambda offset: FakeResponse(DATA, offset, headers={'X-Memdump-SHA256': other}), dest,
-                         len(DATA), other, sleep=lambda s: None)
+                           len(DATA), other, sleep=lambda s: None)
     assert os.listdir(str(tmp_path)) == []
 
 
