@@ -17,15 +17,15 @@ options:
       - Base URL of the memdump service as the B(controller) reaches it, for example
         V(https://hv01.example.com:5001).
       - If not set, the controller's environment variable E(MEMDUMP_COLLECT_URL) is used.
-      - If neither is set, O(url) is used only when the task's host is the controller itself
+      - If neither is set, the host-side option C(url) is used only when the task's host is the controller itself
         (connection C(local), for example C(localhost)); for any other host the task fails and asks for
-        this option (role variable C(memdump_acquire_collect_url)), because O(url) is the service as the
+        this option (role variable C(memdump_acquire_collect_url)), because C(url) is the service as the
         hypervisor reaches it (its loopback by default).
     type: str
   collect_token:
     description:
       - Bearer token for the controller-side requests.
-      - If not set, the controller's environment variable E(MEMDUMP_COLLECT_TOKEN), else O(token).
+      - If not set, the controller's environment variable E(MEMDUMP_COLLECT_TOKEN), else the option C(token).
     type: str
   collect_request_timeout:
     description:
