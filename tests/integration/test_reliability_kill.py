@@ -116,8 +116,10 @@ def test_kill_9_at_every_point_of_a_dump_never_blocks_libvirt(paused_service, gu
             assert not guest_idle()
         svc.stop(signal.SIGKILL)
         assert svc.proc.returncode == -signal.SIGKILL
-        libvirt_answers()
+        took = libvirt_answers()
+        started = time.monotonic()
         svc.start_unpaused()
+        print('kill at %s (%s): virsh list %.3f s, restart to healthy %.3f s' % (point, method, took, time.monotonic() - started))
         check_recovered(svc, dump_id, method, guest)
     finally:
         svc.stop()
