@@ -257,10 +257,9 @@ class DumpBuffer(object):
         return count
 
     def lines(self, measurement):
-        return [dump_point(measurement, host, self.records[(host, dump_id)]['record'],
-                           self.records[(host, dump_id)]['seen_at'])
-                for host, dump_id in self.order] + [custody_point(host, head, at_ns)
-                                                     for host, head, at_ns in self.heads]
+        dumps = [dump_point(measurement, host, self.records[(host, dump_id)]['record'], self.records[(host, dump_id)]['seen_at'])
+                 for host, dump_id in self.order]
+        return dumps + [custody_point(host, head, at_ns) for host, head, at_ns in self.heads]
 
     def __len__(self):
         return len(self.order) + len(self.heads)

@@ -154,7 +154,6 @@ class Settings:
         return not self.insecure_no_auth
 
 
-
 def split_listen(listen: str) -> t.Tuple[str, int]:
     """Split HOST:PORT (IPv6 as [::1]:PORT) into host and port."""
     host, sep, port = listen.rpartition(":")

@@ -42,5 +42,3 @@ def health(request: Request) -> JSONResponse:
         "auth": jobs.settings.auth,
     }
     return JSONResponse(body, status_code=200 if info["connected"] else 503)
-
-

@@ -475,7 +475,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             record = self._records[dump_id]
             vm, fmt, tmp_path, method = record["vm"], record["format"], record["tmp_path"], record["method"]
         final_path = os.path.join(self.settings.dump_dir, name)
-        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path, self.fifo_path(dump_id), self.settings.progress_interval, self.settings.hash_mode,
+        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path, self.fifo_path(dump_id),
+                      self.settings.progress_interval, self.settings.hash_mode,
                       method, self.settings.live_max_seconds, self.settings.live_max_downtime_ms, self.settings.stream_idle_timeout)
         outcome: t.Dict[str, t.Any]
         try:

@@ -626,8 +626,8 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             except libvirt.libvirtError as exc:
                 LOG.warning("cannot abort the live dump of VM '%s': %s", self.vm, exc)
 
-    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None],  # pylint: disable=too-many-branches,too-many-statements
-             reserve: t.Callable[[int], None], space: t.Optional[t.Callable[[int], None]]) -> t.Tuple[str, int]:
+    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None],  # pylint: disable=too-many-branches,too-many-statements
+             on_uuid: t.Callable[[str], None], reserve: t.Callable[[int], None], space: t.Optional[t.Callable[[int], None]]) -> t.Tuple[str, int]:
         dom = conn.lookupByName(self.vm)
         self.vm_uuid = dom.UUIDString()
         on_uuid(dict(guest_context(conn, dom), vm_uuid=self.vm_uuid))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from memdump_service import rules
 from memdump_service.config import Settings, build_parser, parse_args
 from memdump_service.jobs import JobManager
-from memdump_service.virt import ERROR_CODES, DumpError, FifoHasher, Libvirt
+from memdump_service.virt import ERROR_CODES, FifoHasher, Libvirt
 
 from conftest import running_app, wait_finished
 from test_security import audit_lines, bearer, write_tokens

@@ -95,8 +95,12 @@ def check_recovered(svc, dump_id, method, guest_name):
     poll_until(guest_idle, 60, interval=0.1, what='the guest to run without a libvirt job')
     status, body = svc.api('POST', '/api/dumps', {'vms': [guest_name], 'method': method})
     assert status == 202 and body['dumps'][0]['created'] is True, body
-    again = poll_until(lambda: (lambda r: r if r['state'] in ('completed', 'failed') else None)(record(svc, body['dumps'][0]['dump_id'])),
-                       120, interval=0.1, what='the next dump to finish')
+
+    def finished():
+        rec = record(svc, body['dumps'][0]['dump_id'])
+        return rec if rec['state'] in ('completed', 'failed') else None
+
+    again = poll_until(finished, 120, interval=0.1, what='the next dump to finish')
     assert again['state'] == 'completed', again
     assert os.path.getsize(again['dump_path']) == again['size_bytes']
 
