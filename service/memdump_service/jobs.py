@@ -445,24 +445,26 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             self._reserved[dump_id] = (needed, job)
 
     def _space(self, dump_id: str, total: int) -> None:
-        """A streamed image is about to hold total bytes: past its grant (guest memory), grow the grant by a step while
-        the dump dir keeps the margin free after it (less what the other running dumps hold); DumpError otherwise, which
-        stops the dump before the margin is reached."""
+        """A streamed image is about to hold total bytes: past its grant (guest memory), grow the grant by what the dump
+        dir holds beyond the margin (less what the other running dumps hold), at most GROW_STEP at a time; DumpError
+        when not even the bytes about to be written fit, which stops the dump before the margin is reached."""
         margin = self.settings.space_margin
         with self._lock:
             granted, job = self._reserved.get(dump_id, (margin, None))
             if total <= granted - margin:
                 return
-            step = max(GROW_STEP, total - (granted - margin))
+            written = job.bytes_written() if job is not None else 0
+            pending = max(0, total - written)
             free = free_bytes(self.settings.dump_dir)
             holding = sum(max(0, amount - other.bytes_written()) for other_id, (amount, other) in self._reserved.items()
                           if other_id != dump_id)
-            if free - holding < step + margin:
+            available = free - holding - margin
+            if available < pending:
                 raise DumpError(f"the image reached {total} bytes, more than the guest's memory, and "
                                 f"{self.settings.dump_dir} has {free} bytes free ({holding} of them reserved by other dumps): not "
-                                f"enough for {step} more bytes and the margin of {margin} (--space-margin); free space there, or "
-                                "use method memory-only, whose image is no larger than the guest's memory", "insufficient_space")
-            self._reserved[dump_id] = (granted + step, job)
+                                f"enough for {pending} more bytes and the margin of {margin} (--space-margin); free space there, or "
+                                "use method memory-only, whose image is about the size of the guest's memory", "insufficient_space")
+            self._reserved[dump_id] = (written + min(max(pending, GROW_STEP), available) + margin, job)
 
     def _set_uuid(self, record: t.Dict[str, t.Any], value: t.Union[str, t.Mapping[str, t.Any]]) -> None:
         """The guest's UUID, or a mapping of it and its context (machine type, versions, domain XML)."""
