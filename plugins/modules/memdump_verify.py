@@ -221,6 +221,13 @@ problems:
   returned: always
   type: list
   elements: str
+pending_deletions:
+  description:
+    - Deletions whose C(deleting) intent has no recorded outcome (a run stopped in between), each with C(dump_id),
+      C(vm), C(host), C(intent_seq) and C(time). A warning names them; re-run the deletion to complete them.
+  returned: always
+  type: list
+  elements: dict
 reverified:
   description: The seq of each C(reverified) event appended.
   returned: always
