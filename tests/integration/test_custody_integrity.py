@@ -349,9 +349,9 @@ def test_every_vm_name_the_service_accepts_is_collected(memdump_service, test_dr
 def test_collect_needs_collect_url_for_a_host_that_is_not_the_controller(run_playbook, tmp_path):
     play = COLLECT_PLAY.replace('collect_url: "{{ url }}"', 'url: "{{ url }}"').replace(
         '- hosts: localhost', '- hosts: all\n  connection: ssh')
-    res = run_playbook(play, inventory='hv01,', extra_vars={'url': 'http://127.0.0.1:5001', 'token': TOKEN,
-                                                           'evidence': str(tmp_path / 'ev'), 'vm': 'web01',
-                                                           'dump_id': 'a' * 32})
+    extra = {'url': 'http://127.0.0.1:5001', 'token': TOKEN, 'evidence': str(tmp_path / 'ev'), 'vm': 'web01',
+             'dump_id': 'a' * 32}
+    res = run_playbook(play, inventory='hv01,', extra_vars=extra)
     assert res.rc != 0
     assert 'set collect_url / memdump_acquire_collect_url (or MEMDUMP_COLLECT_URL) to the service\'s address as the ' \
            'controller reaches it' in res.stdout
