@@ -62,8 +62,7 @@ def test_collect_endpoint_fallbacks():
     assert options.collect_connection(dict(base, collect_url='https://x'), False)['token'] == 't'
 
 
-def test_group_defaults_do_not_send_the_download_to_the_controllers_loopback(run_action, tmp_path, scripted_service,
-                                                                            monkeypatch):
+def test_group_defaults_leave_the_download_on_collect_url(run_action, tmp_path, scripted_service, monkeypatch):
     """module_defaults for the group set url (the hypervisor's loopback); the download uses collect_url."""
     health = {'features': ['collected', 'custody_heads'],
               'rules': {'label': {'pattern': '^[A-Z0-9-]+$'}, 'formats': {'elf': 'elf', 'live': 'qevm'}}}
