@@ -77,8 +77,11 @@ class ActionModule(MemdumpActionBase):
         self.where['log'] = path
         if not os.path.exists(path):
             raise CustodyError('no custody log %s: an image is deleted only after its verified collection' % path)
-        report = verify_incident(incident, args.get('allowed_signers'), allow_unsigned=args['allow_unsigned'],
-                                 skip_signatures=not args.get('allowed_signers'), only_dump=dump_id, label=label)
+        # Without allowed signers no signature is checked, so an unsigned event is no weaker than a signed one;
+        # the deleting event records what was checked.
+        signers = args.get('allowed_signers')
+        report = verify_incident(incident, signers, allow_unsigned=args['allow_unsigned'] or not signers,
+                                 skip_signatures=not signers, only_dump=dump_id, label=label)
         kinds = log_.by_dump(report.events).get(dump_id, {})
         verified = kinds.get('verified')
         if verified is None:

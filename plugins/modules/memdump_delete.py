@@ -72,7 +72,9 @@ options:
         C(signatures_checked=false)); the chain and the image's hash always are.
     type: path
   allow_unsigned:
-    description: Accept unsigned events in the custody log (as M(vmforensics.memdump.memdump_verify) does).
+    description:
+      - Accept unsigned events in the custody log when O(allowed_signers) is given (without it no signature is
+        checked, and unsigned events are accepted too).
     type: bool
     default: false
   signing_key:

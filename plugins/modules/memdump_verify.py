@@ -97,6 +97,7 @@ options:
     description:
       - Bearer token for the witness requests when O(collect_token) is not set. The service is asked only
         when O(collect_url) (or E(MEMDUMP_COLLECT_URL)) is set.
+      - If not set, the controller's environment variable E(MEMDUMP_SERVICE_TOKEN) is used.
     type: str
   influxdb:
     description:
@@ -221,6 +222,13 @@ problems:
   returned: always
   type: list
   elements: str
+pending_deletions:
+  description:
+    - Deletions whose C(deleting) intent has no recorded outcome (a run stopped in between), each with C(dump_id),
+      C(vm), C(host), C(intent_seq) and C(time). A warning names them; re-run the deletion to complete them.
+  returned: always
+  type: list
+  elements: dict
 reverified:
   description: The seq of each C(reverified) event appended.
   returned: always

@@ -36,6 +36,7 @@ class Report(object):
         self.signatures_unchecked = 0
         self.images = []
         self.witnesses = []
+        self.pending_deletions = []
         self.torn = False
 
     @property
@@ -49,7 +50,7 @@ class Report(object):
     def as_result(self):
         return {'events': len(self.lines), 'head': self.head, 'head_seq': len(self.lines) - 1 if self.lines else None,
                 'images': self.images, 'unsigned': self.unsigned, 'signers': sorted(self.signers),
-                'problems': self.problems,
+                'problems': self.problems, 'pending_deletions': self.pending_deletions,
                 'checked': {'chain_events': len(self.lines), 'signatures_verified': self.signatures_checked,
                             'signatures_not_checked': self.signatures_unchecked,
                             'signers': sorted(self.signers),
@@ -234,6 +235,8 @@ def verify_incident(incident, allowed_signers=None, allow_unsigned=False, skip_s
         for dump_id, kinds in sorted(by_dump(report.events).items()):
             if pending_deletion(kinds):
                 d = kinds['deleting']
+                report.pending_deletions.append({'dump_id': dump_id, 'vm': d.get('vm'), 'host': d.get('host'),
+                                                 'intent_seq': d.get('seq'), 'time': d.get('time')})
                 report.warnings.append('the deletion of dump %s (VM %s) from host %s was started at %s and has no '
                                        'recorded outcome: re-run memdump_delete (delete_after_collect) to complete it'
                                        % (dump_id, d.get('vm'), d.get('host'), d.get('time')))

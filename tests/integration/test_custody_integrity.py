@@ -36,12 +36,13 @@ def keys(tmp_path):
     return {'home': str(home), 'key': str(key), 'allowed': str(allowed)}
 
 
-def acquire(run_playbook, svc, evidence, vms, keys, **extra):
+def acquire(run_playbook, svc, evidence, vms, keys, callback_env=None, **extra):
     extra_vars = {'memdump_hosts': 'localhost', 'label': LABEL, 'vms': vms, 'collect': True,
                   'evidence_dir': str(evidence), 'wait_timeout': 120, 'signing_key': '~/.ssh/custody'}
     extra_vars.update(extra)
-    return run_playbook('vmforensics.memdump.acquire', extra_vars=extra_vars,
-                        env={'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token, 'HOME': keys['home']})
+    env = {'MEMDUMP_SERVICE_URL': svc.url, 'MEMDUMP_SERVICE_TOKEN': svc.token, 'HOME': keys['home']}
+    env.update(callback_env or {})
+    return run_playbook('vmforensics.memdump.acquire', extra_vars=extra_vars, env=env)
 
 
 def verify(run_playbook, evidence, env=None, **extra):
@@ -124,6 +125,31 @@ class HoldingProxy:
             client.close()
 
 
+def kill_tree(proc):
+    """SIGKILL for a process this test started and all its descendants (ansible-playbook's workers run in
+    sessions of their own, so a process group would miss them), found by parent pid in /proc."""
+    pids, frontier = [proc.pid], [proc.pid]
+    while frontier:
+        parent, frontier = frontier, []
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open('/proc/%s/stat' % entry) as f:
+                    ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in parent and int(entry) not in pids:
+                pids.append(int(entry))
+                frontier.append(int(entry))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(30)
+
+
 DELETE_PLAY = '''
 - hosts: localhost
   gather_facts: false
@@ -155,18 +181,14 @@ def test_a_controller_killed_between_intent_and_deletion_leaves_a_log_a_rerun_co
     extra = {'url': proxy.url, 'token': TOKEN, 'dump_id': dump_id, 'evidence': str(evidence), 'allowed': keys['allowed']}
     env = dict(os.environ, HOME=keys['home'], ANSIBLE_PYTHON_INTERPRETER=sys.executable,
                ANSIBLE_LOCAL_TEMP=str(tmp_path / 'ansible-tmp'))
-    # Its own session, so that the kill reaches ansible-playbook and every worker it started, and nothing else.
     proc = subprocess.Popen(['ansible-playbook', '-i', 'localhost,', '-c', 'local', str(play), '-e', json.dumps(extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         assert proxy.held.wait(120), 'the deletion never reached the host'
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        kill_tree(proc)  # the controller dies: ansible-playbook, its worker (the action plugin) and the module
     finally:
+        kill_tree(proc)
         proxy.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
     # The log says exactly what happened: the intent, no outcome; the image is still on the host.
     events = events_of(evidence)
     assert [e['event'] for e in events] == ['acquired', 'collected', 'verified', 'deleting']
@@ -174,7 +196,8 @@ def test_a_controller_killed_between_intent_and_deletion_leaves_a_log_a_rerun_co
     status, record = svc.api('GET', '/api/dumps/' + dump_id)
     assert record['file_deleted'] is False
     res = verify(run_playbook, evidence, allowed_signers=keys['allowed'])
-    assert res.rc == 0 and 'has no recorded outcome' in res.stdout + res.stderr, res.stdout
+    assert res.rc == 0, res.stdout
+    assert [(p['dump_id'], p['intent_seq']) for p in res.task_results(VERIFY_TASK)['pending_deletions']] == [(dump_id, 3)]
     manifest = json.loads((evidence / LABEL / 'manifest.json').read_text())
     assert manifest['entries'][0]['deletion'] == 'pending'
     # The re-run completes the same intent.
@@ -223,22 +246,20 @@ def test_a_cut_tail_is_detected_through_the_witnesses(memdump_service, test_driv
     try:
         svc = memdump_service(libvirt_uri=test_driver_uri(['web01', 'db01']), token=TOKEN)
         evidence = tmp_path / 'ev'
-        res = acquire(run_playbook, svc, evidence, 'web01,db01', keys)
+        influx_env = {'MEMDUMP_INFLUXDB_URL': influx, 'MEMDUMP_INFLUXDB_DATABASE': database,
+                      'MEMDUMP_COLLECT_TOKEN': TOKEN}
+        # The acquisition with the InfluxDB callback on: it records each custody task's head (memdump_custody).
+        res = acquire(run_playbook, svc, evidence, 'web01,db01', keys,
+                      callback_env=dict(influx_env, ANSIBLE_CALLBACKS_ENABLED='vmforensics.memdump.influxdb',
+                                        MEMDUMP_INFLUXDB_SPOOL_DIR=str(tmp_path / 'spool')))
         assert res.rc == 0, res.stdout
-        collected = res.role_task_results('Record the dumps in the custody log and collect the images to the evidence '
-                                          'directory')['results']
-        heads = [r['custody_head'] for r in collected]
-        # What the callback writes for each custody task (measurement memdump_custody), as it would.
-        lines = '\n'.join('memdump_custody,label=%s,host=localhost seq=%di,hash="%s" %d'
-                          % (h['label'], h['seq'], h['hash'], 1767225600000000000 + n) for n, h in enumerate(heads))
-        req = urllib.request.Request('%s/write?db=%s' % (influx, database), data=lines.encode(), method='POST')
-        urllib.request.urlopen(req, timeout=10).close()
-        influx_env = {'MEMDUMP_INFLUXDB_URL': influx, 'MEMDUMP_INFLUXDB_DATABASE': database}
+        written = influx_query(influx, 'SELECT * FROM "%s"."autogen"."memdump_custody"' % database)
+        assert written['results'][0].get('series'), written
         res = verify(run_playbook, evidence, env=influx_env, allowed_signers=keys['allowed'], collect_url=svc.url)
         assert res.rc == 0, res.stdout
         witnesses = {w['witness']: w for w in res.task_results(VERIFY_TASK)['checked']['witnesses']}
-        assert witnesses['influxdb']['reached'] and witnesses['influxdb']['heads'] == 2
-        assert witnesses['service']['reached']
+        assert witnesses['influxdb']['reached'] and witnesses['influxdb']['heads'] >= 1, witnesses
+        assert witnesses['service']['reached'] and witnesses['service']['heads'] == 2, witnesses
         # Cut off the last VM: its events and its image. The chain alone cannot tell.
         incident = evidence / LABEL
         log = (incident / 'custody.jsonl').read_bytes().split(b'\n')[:-1]
@@ -257,9 +278,12 @@ def test_a_cut_tail_is_detected_through_the_witnesses(memdump_service, test_driv
         assert res.rc != 0
         assert 'InfluxDB at %s (host localhost) saw the custody log at event seq 5' % influx in res.stdout
         assert 'but the log has only 3 events: its tail was cut' in res.stdout
-        status, health = svc.api('GET', '/health')
-        if any(f in health.get('features', []) for f in ('custody_heads', 'custody_head')):
-            assert 'the service at %s (dump %s' % (svc.url, last['dump_id']) in res.stdout
+        assert 'the service at %s (dump %s, client ' % (svc.url, last['dump_id']) in res.stdout
+        # A witness that cannot be reached is said, not silently skipped.
+        res = verify(run_playbook, evidence, env=dict(influx_env, MEMDUMP_COLLECT_TOKEN='wrong'),
+                     allowed_signers=keys['allowed'], collect_url=svc.url)
+        service = [w for w in res.task_results(VERIFY_TASK)['checked']['witnesses'] if w['witness'] == 'service'][0]
+        assert not service['reached'] and 'HTTP 401' in service['note']
     finally:
         influx_query(influx, 'DROP DATABASE "%s"' % database)
 
@@ -326,9 +350,9 @@ def test_every_vm_name_the_service_accepts_is_collected(memdump_service, test_dr
 def test_collect_needs_collect_url_for_a_host_that_is_not_the_controller(run_playbook, tmp_path):
     play = COLLECT_PLAY.replace('collect_url: "{{ url }}"', 'url: "{{ url }}"').replace(
         '- hosts: localhost', '- hosts: all\n  connection: ssh')
-    res = run_playbook(play, inventory='hv01,', extra_vars={'url': 'http://127.0.0.1:5001', 'token': TOKEN,
-                                                           'evidence': str(tmp_path / 'ev'), 'vm': 'web01',
-                                                           'dump_id': 'a' * 32})
+    extra = {'url': 'http://127.0.0.1:5001', 'token': TOKEN, 'evidence': str(tmp_path / 'ev'), 'vm': 'web01',
+             'dump_id': 'a' * 32}
+    res = run_playbook(play, inventory='hv01,', extra_vars=extra)
     assert res.rc != 0
     assert 'set collect_url / memdump_acquire_collect_url (or MEMDUMP_COLLECT_URL) to the service\'s address as the ' \
            'controller reaches it' in res.stdout
