@@ -265,10 +265,11 @@ def test_hostile_names_and_bodies_are_refused(hostile, run_playbook, tmp_path):
     assert all(auth is None for path, dummy, auth in svc.requests if path == '/health')
     # An existing different file is never overwritten.
     os.chmod(str(image), 0o600)
-    image.write_bytes(b'x' + BODY[1:])
+    changed = bytes([BODY[0] ^ 1]) + BODY[1:]  # differs whatever random byte BODY starts with
+    image.write_bytes(changed)
     res = collect(run_playbook, svc.url, evidence, label='IR-H')
     assert res.rc != 0 and 'never overwritten' in res.stdout
-    assert image.read_bytes()[:1] == b'x'
+    assert image.read_bytes() == changed
 
 
 def test_cut_connection_resumes_with_range(memdump_service, test_driver_uri, run_playbook, tmp_path, keys):
