@@ -82,6 +82,24 @@ class HostileMemdumpService:
         self.server.server_close()
 
 
+def read_request(sock):
+    """One whole HTTP request (headers and its Content-Length body), however the client split it into segments."""
+    data = b''
+    while b'\r\n\r\n' not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b'\r\n\r\n', 1)
+    m = re.search(rb'(?im)^content-length:\s*(\d+)', head)
+    while m and len(body) < int(m.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b'\r\n\r\n' + body
+
+
 class CuttingProxy:
     """A loopback TCP proxy that cuts the first ``cuts`` connections after ``after`` bytes of response."""
 
@@ -104,7 +122,7 @@ class CuttingProxy:
 
     def _pipe(self, client):
         upstream = socket.create_connection(self.target)
-        request = client.recv(65536)
+        request = read_request(client)
         upstream.sendall(request)
         cut = False
         if b'/file' in request.split(b'\r\n', 1)[0]:
@@ -247,10 +265,11 @@ def test_hostile_names_and_bodies_are_refused(hostile, run_playbook, tmp_path):
     assert all(auth is None for path, dummy, auth in svc.requests if path == '/health')
     # An existing different file is never overwritten.
     os.chmod(str(image), 0o600)
-    image.write_bytes(b'x' + BODY[1:])
+    changed = bytes([BODY[0] ^ 1]) + BODY[1:]  # differs whatever random byte BODY starts with
+    image.write_bytes(changed)
     res = collect(run_playbook, svc.url, evidence, label='IR-H')
     assert res.rc != 0 and 'never overwritten' in res.stdout
-    assert image.read_bytes()[:1] == b'x'
+    assert image.read_bytes() == changed
 
 
 def test_cut_connection_resumes_with_range(memdump_service, test_driver_uri, run_playbook, tmp_path, keys):

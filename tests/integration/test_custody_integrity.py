@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 
 from conftest import poll_until, stack_env
+from test_custody import read_request
 
 TOKEN = 'integrity-test-token'
 LABEL = 'IR-INTEGRITY'
@@ -100,7 +101,7 @@ class HoldingProxy:
             threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
     def _pipe(self, client):
-        request = client.recv(65536)
+        request = read_request(client)
         if request.startswith(b'DELETE '):
             self.open.append(client)
             self.held.set()

@@ -202,6 +202,10 @@ def test_delete_never_asks_the_host_without_a_verified_copy(run_action, tmp_path
 
 def test_delete_gates(run_action, tmp_path):
     host = Host()
+    res = run_action(memdump_delete.ActionModule, {'dump_id': '../x', 'sha256': SHA}, prepare=host.install)
+    assert res['failed'] and "dump id '../x' is refused" in res['msg']
+    res = run_action(memdump_delete.ActionModule, {'dump_id': DUMP_ID, 'request_timeout': 'soon'}, prepare=host.install)
+    assert res['failed'] and 'request_timeout' in res['msg']
     res = run_action(memdump_delete.ActionModule, {'dump_id': DUMP_ID}, prepare=host.install)
     assert res['failed'] and 'without evidence_dir' in res['msg'] and 'needs sha256' in res['msg']
     res = run_action(memdump_delete.ActionModule, delete_args(str(tmp_path)), prepare=host.install)
