@@ -57,8 +57,8 @@ options:
   list_vms:
     description:
       - Also ask the service which VMs its host has (C(GET /api/vms)) and return them in RV(host_vms).
-      - Fails the task when the service cannot say (unreachable, an older service without the listing, libvirt down):
-        a fleet-wide acquisition must not take "could not ask" for "does not run it".
+      - Fails the task when the service cannot say (unreachable, an older service without the listing, libvirt down),
+        because a fleet-wide acquisition must not take "could not ask" for "does not run it".
     type: bool
     default: false
   fail_on_unavailable:
