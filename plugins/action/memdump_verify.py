@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import COLLECT_OPTIONS
+from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import COLLECT_OPTIONS, HOST_OPTIONS
 from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb import influxdb_argument_spec
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils._action import MemdumpActionBase
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custody_log as log_
@@ -25,7 +25,7 @@ CustodyError = names.CustodyError
 def _argspec():
     spec = copy.deepcopy(COLLECT_OPTIONS)
     spec.update(
-        token=dict(type='str', no_log=True),
+        token=copy.deepcopy(HOST_OPTIONS['token']),
         evidence_dir=dict(type='path', required=True),
         label=dict(type='str', required=True),
         allowed_signers=dict(type='path'),

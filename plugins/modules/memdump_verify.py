@@ -97,6 +97,7 @@ options:
     description:
       - Bearer token for the witness requests when O(collect_token) is not set. The service is asked only
         when O(collect_url) (or E(MEMDUMP_COLLECT_URL)) is set.
+      - If not set, the controller's environment variable E(MEMDUMP_SERVICE_TOKEN) is used.
     type: str
   influxdb:
     description:
