@@ -21,7 +21,7 @@ LOG = logging.getLogger("memdump_service")
 
 IN_FLIGHT = ("queued", "running")
 FINISHED = ("completed", "failed")
-PRIVATE = ("seq", "tmp_path")
+PRIVATE = ("seq", "tmp_path", "downtime_restore_ms")
 INTERRUPTED = "interrupted by service restart"
 # How much further a streamed image may grow per check of the free space, once it is larger than the guest's memory
 # (a live dump's stream re-sends the pages the guest dirties, so it can outgrow the memory).
@@ -144,8 +144,9 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                         LOG.info("dump %s vm=%s: released libvirt's writer of the interrupted dump (%d bytes discarded)",
                                  record["dump_id"], record["vm"], discarded)
                     remove_quietly(record.get("tmp_path"))
+                    self._restore_downtime(record)
                     self._transition(record, state="failed", message=INTERRUPTED, error_code="interrupted", finished_at=iso(utcnow()),
-                                     dump_path=None)
+                                     dump_path=None, downtime_restore_ms=None)
                 elif record["state"] == "queued":
                     self._queue.append(record["dump_id"])
             self._sweep_partials()
@@ -164,6 +165,19 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             elif name.startswith(".") and name.endswith(".part"):
                 LOG.info("removing leftover partial file %s", name)
                 remove_quietly(path)
+
+    def _restore_downtime(self, record: t.Mapping[str, t.Any]) -> None:
+        """Put back the guest's migration downtime limit that an interrupted live dump had changed (a setting of its
+        QEMU process that real migrations use too)."""
+        previous = record.get("downtime_restore_ms")
+        if previous is None:
+            return
+        try:
+            self.virt.connection().lookupByName(record["vm"]).migrateSetMaxDowntime(int(previous), 0)
+            LOG.info("dump %s vm=%s: migration downtime limit put back to %s ms", record["dump_id"], record["vm"], previous)
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # a hint for the operator, never a reason not to start
+            LOG.warning("dump %s vm=%s: cannot put the migration downtime limit back to %s ms (virsh migrate-setmaxdowntime %s %s): %s",
+                        record["dump_id"], record["vm"], previous, record["vm"], previous, exc)
 
     def fifo_path(self, dump_id: str) -> str:
         """Where libvirt streams a dump's image (in the dump dir, so that a restart finds it)."""
@@ -272,7 +286,7 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
             "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host, "collected_at": None,
             "collected_by": None, "retention_confirmed_at": None, "retention_confirmed_by": None, "custody_heads": [],
-            "error_code": None,
+            "error_code": None, "downtime_restore_ms": None,
         }
         self._records[record["dump_id"]] = record
         self._queue.append(record["dump_id"])
@@ -445,24 +459,26 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             self._reserved[dump_id] = (needed, job)
 
     def _space(self, dump_id: str, total: int) -> None:
-        """A streamed image is about to hold total bytes: past its grant (guest memory), grow the grant by a step while
-        the dump dir keeps the margin free after it (less what the other running dumps hold); DumpError otherwise, which
-        stops the dump before the margin is reached."""
+        """A streamed image is about to hold total bytes: past its grant (guest memory), grow the grant by what the dump
+        dir holds beyond the margin (less what the other running dumps hold), at most GROW_STEP at a time; DumpError
+        when not even the bytes about to be written fit, which stops the dump before the margin is reached."""
         margin = self.settings.space_margin
         with self._lock:
             granted, job = self._reserved.get(dump_id, (margin, None))
             if total <= granted - margin:
                 return
-            step = max(GROW_STEP, total - (granted - margin))
+            written = job.bytes_written() if job is not None else 0
+            pending = max(0, total - written)
             free = free_bytes(self.settings.dump_dir)
             holding = sum(max(0, amount - other.bytes_written()) for other_id, (amount, other) in self._reserved.items()
                           if other_id != dump_id)
-            if free - holding < step + margin:
+            available = free - holding - margin
+            if available < pending:
                 raise DumpError(f"the image reached {total} bytes, more than the guest's memory, and "
                                 f"{self.settings.dump_dir} has {free} bytes free ({holding} of them reserved by other dumps): not "
-                                f"enough for {step} more bytes and the margin of {margin} (--space-margin); free space there, or "
-                                "use method memory-only, whose image is no larger than the guest's memory", "insufficient_space")
-            self._reserved[dump_id] = (granted + step, job)
+                                f"enough for {pending} more bytes and the margin of {margin} (--space-margin); free space there, or "
+                                "use method memory-only, whose image is about the size of the guest's memory", "insufficient_space")
+            self._reserved[dump_id] = (written + min(max(pending, GROW_STEP), available) + margin, job)
 
     def _set_uuid(self, record: t.Dict[str, t.Any], value: t.Union[str, t.Mapping[str, t.Any]]) -> None:
         """The guest's UUID, or a mapping of it and its context (machine type, versions, domain XML)."""
@@ -500,6 +516,6 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         with self._lock:
             self._running.discard(dump_id)
             self._reserved.pop(dump_id, None)
-            self._transition(record, finished_at=iso(utcnow()), tmp_path=None, **outcome)
+            self._transition(record, finished_at=iso(utcnow()), tmp_path=None, downtime_restore_ms=None, **outcome)
             self._dispatch()
         self._wake_housekeeper.set()

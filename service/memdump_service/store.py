@@ -13,14 +13,14 @@ COLUMNS = (
     "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
     "size_bytes", "sha256", "paused_sec", "file_deleted", "host", "collected_at",
     "machine", "qemu_version", "libvirt_version", "domain_xml",
-    "collected_by", "retention_confirmed_at", "retention_confirmed_by", "custody_heads", "error_code",
+    "collected_by", "retention_confirmed_at", "retention_confirmed_by", "custody_heads", "error_code", "downtime_restore_ms",
 )
 # Columns added after the first schema, added to databases written before they existed: what analysis tools need
 # to know of the guest and the host at dump time (Volatility 3 needs the machine type for the PCI hole of QEMU
 # images), who collected an image and whose confirmation lets retention remove it, the custody heads clients
 # reported, and why a dump failed.
 LATER_COLUMNS = ("machine", "qemu_version", "libvirt_version", "domain_xml", "collected_by", "retention_confirmed_at",
-                 "retention_confirmed_by", "custody_heads", "error_code")
+                 "retention_confirmed_by", "custody_heads", "error_code", "downtime_restore_ms")
 # Stored as JSON text.
 JSON_COLUMNS = ("custody_heads",)
 
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS dumps (
     retention_confirmed_at TEXT,
     retention_confirmed_by TEXT,
     custody_heads TEXT,
-    error_code TEXT
+    error_code TEXT,
+    downtime_restore_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
 CREATE TABLE IF NOT EXISTS requests (
@@ -117,7 +118,7 @@ class Store:
             db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
         for column in LATER_COLUMNS:
             if column not in known:
-                db.execute(f"ALTER TABLE dumps ADD COLUMN {column} TEXT")
+                db.execute(f"ALTER TABLE dumps ADD COLUMN {column} {'INTEGER' if column == 'downtime_restore_ms' else 'TEXT'}")
         return db
 
     def close(self) -> None:

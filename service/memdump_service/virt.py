@@ -675,6 +675,9 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         poller.start()
         # QEMU's downtime limit is a setting of the guest's QEMU process that later migrations also use: put it back.
         previous_downtime_ms = dom.migrateGetMaxDowntime(0) if self.live else None
+        if previous_downtime_ms is not None:
+            # Recorded first, so that a restart after a crash can put it back too.
+            on_uuid({"downtime_restore_ms": previous_downtime_ms})
         started = time.monotonic()
         try:
             if previous_downtime_ms is not None:
