@@ -7,22 +7,27 @@
 
 For internal collection use only: this is not a public API and may change without notice.
 
-The reason a dump failed is decided here and nowhere else: the service's own ``reason`` when its
-record carries one, else what its VM listing says (no such VM, a VM that is not running). Roles and
-playbooks select on the reason; no caller matches the service's message text.
+The reason a dump failed is decided here and nowhere else: the service's own ``error_code`` when its
+record carries one (docs/api.md, "Error codes"), else, from a service that does not give one, what its VM
+listing says (no such VM, a VM that is not running). Roles and playbooks select on the reason; no caller
+matches the service's message text.
 """
 
 from __future__ import annotations
+
+import re
 
 from ansible.module_utils.common.text.converters import to_text
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import MemdumpError, MemdumpHTTPError
 
-# Why a dump failed. The first two fail again the same way on a re-run; the last one may not.
+# Why a dump failed: the service's error codes, of which these two fail again the same way on a re-run, and
+# FAILED when a service without error codes gives no more than its message.
 NO_SUCH_VM = 'no_such_vm'
-NOT_RUNNING = 'not_running'
+NOT_RUNNING = 'vm_not_running'
 FAILED = 'failed'
-REASONS = (NO_SUCH_VM, NOT_RUNNING, FAILED)
+# What an error code may look like (a service is not trusted to send anything sensible).
+ERROR_CODE_RE = re.compile(r'^[a-z][a-z_]{0,39}$')
 
 
 class VmListingUnavailable(MemdumpError):
@@ -54,13 +59,15 @@ def host_vms(client):
 
 
 def failure_reasons(client, records):
-    """``{dump_id: reason}`` for the failed ``records`` (one of :data:`REASONS`).
+    """``{dump_id: reason}`` for the failed ``records``.
 
-    The service's own ``reason`` wins when it gives one of ours; otherwise the host's VM listing decides,
-    asked once and only when a dump failed. A service that cannot list its VMs leaves them :data:`FAILED`.
+    The service's ``error_code`` when it gives one; otherwise the host's VM listing decides (:data:`NO_SUCH_VM`,
+    :data:`NOT_RUNNING`, else :data:`FAILED`), asked once and only when such a record exists. A service that
+    cannot list its VMs leaves them :data:`FAILED`.
     """
     failed = [r for r in records if isinstance(r, dict) and r.get('state') == 'failed']
-    reasons = dict((r.get('dump_id'), r['reason']) for r in failed if r.get('reason') in REASONS)
+    reasons = dict((r.get('dump_id'), r['error_code']) for r in failed
+                   if isinstance(r.get('error_code'), str) and ERROR_CODE_RE.match(r['error_code']))
     undecided = [r for r in failed if r.get('dump_id') not in reasons]
     if not undecided:
         return reasons

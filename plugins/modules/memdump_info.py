@@ -111,7 +111,7 @@ dumps:
     - The matching dump records, newest first, with every field the service returns (see the
       service's API documentation). Empty if the service can not be reached.
     - A failed dump's record has C(reason), why it failed, as in
-      RV(vmforensics.memdump.memdump_wait#module:summary) (V(no_such_vm), V(not_running) or V(failed)).
+      RV(vmforensics.memdump.memdump_wait#module:summary) (for example V(no_such_vm) or V(vm_not_running)).
   returned: always
   type: list
   elements: dict

@@ -232,10 +232,11 @@ summary:
       type: str
     reason:
       description:
-        - Why the dump failed, V(null) unless it did. V(no_such_vm) (the host's service does not list the VM) and
-          V(not_running) (listed but not running) fail again the same way on a re-run; V(failed) is anything else.
-        - The service's own C(reason) when its record has one; otherwise decided from the host's VM listing
-          (C(GET /api/vms)), asked once when a dump failed. A service without that listing gives V(failed).
+        - Why the dump failed, V(null) unless it did. V(no_such_vm) and V(vm_not_running) fail again the same way on
+          a re-run; other values are the service's other error codes (see its API documentation).
+        - The service's C(error_code) when its record has one. From a service without error codes, decided from the
+          host's VM listing (C(GET /api/vms)), asked once when a dump failed (V(no_such_vm), V(vm_not_running)), else
+          V(failed).
       type: str
 failure_message:
   description:
