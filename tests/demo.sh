@@ -141,8 +141,9 @@ ansible-playbook -i localhost, -c local vmforensics.memdump.acquire \
   -e "signing_key=$work/custody_ed25519"
 play_rc=$?
 if [ "$play_rc" = 0 ]; then
-  say "ansible-playbook vmforensics.memdump.verify -e label=$label -e allowed_signers=$evidence/allowed_signers"
-  ansible-playbook -i localhost, vmforensics.memdump.verify -e "label=$label" -e "evidence_dir=$evidence" \
+  # collect_url: the service is a witness of the log's chain heads (and InfluxDB, when the callback is on).
+  say "ansible-playbook vmforensics.memdump.verify -e label=$label -e allowed_signers=$evidence/allowed_signers -e collect_url=$url"
+  ansible-playbook -i localhost, vmforensics.memdump.verify -e "label=$label" -e "evidence_dir=$evidence" -e "collect_url=$url" \
     -e "allowed_signers=$evidence/allowed_signers" || play_rc=$?
 fi
 
