@@ -21,6 +21,7 @@ directory that holds ``ansible_collections``::
 from __future__ import annotations
 
 import argparse
+import bisect
 import errno
 import hashlib
 import json
@@ -244,8 +245,8 @@ def _write(stream_path, elf_path, fd, domain):
             raise ConvertError('cannot write %s: %s' % (elf_path, exc.strerror or exc))
         flush()
         stream_size = reader.offset
-    if state['placement'] is None:
-        raise ConvertError('%s: the stream lists no RAM: nothing to convert' % stream_path)
+    if state['placement'] is None:     # a stream without a single page record still has a layout
+        place()
     return {
         'converter': CONVERTER,
         'converter_version': CONVERTER_VERSION,
@@ -340,10 +341,22 @@ def _check(stream_path, elf_path, fd, domain, started):
         if where is not None:
             final_ok.set(where // qs.PAGE_SIZE, os.pread(fd, qs.PAGE_SIZE, where) == data)
 
+    # A zero page in a hole of the sparse ELF reads as zero without reading it.
+    extents = [(start, end, phys - offset) for phys, length, offset in loads
+               for start, end in elfcore.data_extents(fd, offset, offset + length)]
+    extent_starts = [extent[0] for extent in extents]
+
+    def in_hole(where):
+        index = bisect.bisect_right(extent_starts, where) - 1
+        return index < 0 or where >= extents[index][1]
+
     def on_zero(block, offset, fill):
         _phys, where = page_at(block, offset)
         if where is not None:
-            final_ok.set(where // qs.PAGE_SIZE, os.pread(fd, qs.PAGE_SIZE, where) == bytes([fill]) * qs.PAGE_SIZE)
+            if not fill and in_hole(where):
+                final_ok.set(where // qs.PAGE_SIZE, True)
+            else:
+                final_ok.set(where // qs.PAGE_SIZE, os.pread(fd, qs.PAGE_SIZE, where) == bytes([fill]) * qs.PAGE_SIZE)
 
     digest = hashlib.sha256()
     with _open_stream(stream_path) as handle:
@@ -353,7 +366,7 @@ def _check(stream_path, elf_path, fd, domain, started):
         except qs.StreamError as exc:
             raise ConvertError(str(exc))
     if state['placement'] is None:
-        raise ConvertError('%s: the stream lists no RAM: nothing to check' % stream_path)
+        place()
     # Every page the stream carried: its final version must be the ELF's.
     mismatched = []
     mismatch_count = 0
@@ -369,15 +382,12 @@ def _check(stream_path, elf_path, fd, domain, started):
     # Pages the stream never carried must read as zero; only data extents can hold anything else.
     stray = []
     stray_count = 0
-    for load_phys, length, offset in loads:
-        for start, end in elfcore.data_extents(fd, offset, offset + length):
-            page = start // qs.PAGE_SIZE
-            while page * qs.PAGE_SIZE < end:
-                if not seen.get(page) and os.pread(fd, qs.PAGE_SIZE, page * qs.PAGE_SIZE) != ZERO_PAGE:
-                    stray_count += 1
-                    if len(stray) < MAX_LISTED:
-                        stray.append('0x%x' % (load_phys + page * qs.PAGE_SIZE - offset))
-                page += 1
+    for start, end, to_phys in extents:
+        for page in range(start // qs.PAGE_SIZE, -(-end // qs.PAGE_SIZE)):
+            if not seen.get(page) and os.pread(fd, qs.PAGE_SIZE, page * qs.PAGE_SIZE) != ZERO_PAGE:
+                stray_count += 1
+                if len(stray) < MAX_LISTED:
+                    stray.append('0x%x' % (page * qs.PAGE_SIZE + to_phys))
     elf_sha = _sha256_file(fd)
     ok = not (problems['layout'] or mismatch_count or problems.get('missing_count') or stray_count)
     return {
