@@ -73,7 +73,14 @@ class PageBits:
         return bool(chunk[bit >> 3] & (1 << (bit & 7)))
 
     def count(self):
-        return sum(bin(b).count('1') for chunk in self._chunks.values() for b in chunk if b)
+        return sum(bin(int.from_bytes(chunk, 'little')).count('1') for chunk in self._chunks.values())
+
+    def chunks(self):
+        """``(index, bits)`` of every allocated chunk: pages index * CHUNK_PAGES onwards."""
+        return self._chunks.items()
+
+    def chunk(self, index):
+        return self._chunks.get(index) or bytes(self.CHUNK_PAGES // 8)
 
 
 class _Placement:
@@ -367,18 +374,24 @@ def _check(stream_path, elf_path, fd, domain, started):
             raise ConvertError(str(exc))
     if state['placement'] is None:
         place()
-    # Every page the stream carried: its final version must be the ELF's.
-    mismatched = []
-    mismatch_count = 0
-    carried = 0
-    for load_phys, length, offset in loads:
-        for page in range(offset // qs.PAGE_SIZE, (offset + length) // qs.PAGE_SIZE):
-            if seen.get(page):
-                carried += 1
-                if not final_ok.get(page):
-                    mismatch_count += 1
-                    if len(mismatched) < MAX_LISTED:
-                        mismatched.append('0x%x' % (load_phys + page * qs.PAGE_SIZE - offset))
+    # Every page the stream carried: its final version must be the ELF's (bit operations on whole chunks).
+    by_offset = sorted((offset, phys) for phys, _length, offset in loads)
+
+    def phys_of(page):
+        offset, phys = by_offset[bisect.bisect_right(by_offset, (page * qs.PAGE_SIZE, 1 << 64)) - 1]
+        return phys + page * qs.PAGE_SIZE - offset
+
+    carried, mismatch_count, mismatched = 0, 0, []
+    for index, seen_bits in seen.chunks():
+        seen_int = int.from_bytes(seen_bits, 'little')
+        carried += bin(seen_int).count('1')
+        bad = seen_int & ~int.from_bytes(final_ok.chunk(index), 'little')
+        while bad:
+            low = bad & -bad
+            mismatch_count += 1
+            if len(mismatched) < MAX_LISTED:
+                mismatched.append('0x%x' % phys_of(index * PageBits.CHUNK_PAGES + low.bit_length() - 1))
+            bad ^= low
     # Pages the stream never carried must read as zero; only data extents can hold anything else.
     stray = []
     stray_count = 0
