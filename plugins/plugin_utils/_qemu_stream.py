@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 PAGE_SIZE = 4096            # x86's TARGET_PAGE_SIZE
 PAGE_SHIFT = 12
@@ -214,7 +214,7 @@ def _read_configuration(reader, stream):
             count = reader.be32()
             if count > 64:
                 raise StreamError('%s: the configuration claims %d capabilities: the stream is damaged' % (reader.label, count))
-            stream.capabilities = [reader.name('capability') for _ in range(count)]
+            stream.capabilities = [reader.name('capability') for _index in range(count)]
             refused = [c for c in stream.capabilities if c in ('x-ignore-shared', 'mapped-ram')]
             if refused:
                 raise Unsupported('%s: the stream was written with migration capability %s (%s), which this converter does not handle'

@@ -89,7 +89,7 @@ class _Placement:
 
     def __init__(self, stream, runs):
         # runs: [(phys, length, block_name, block_offset, file_offset)]
-        self.by_block = [[] for _ in stream.blocks]
+        self.by_block = [[] for _block in stream.blocks]
         for phys, length, name, block_offset, file_offset in runs:
             self.by_block[stream.block_index[name]].append((block_offset, block_offset + length, file_offset - block_offset, phys - block_offset))
 
