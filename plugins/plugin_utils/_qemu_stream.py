@@ -70,6 +70,7 @@ _BE64 = struct.Struct('>Q')
 # QEMU moves RAM above 1 TiB when it would reach AMD's HyperTransport hole (hw/i386/pc.c).
 AMD_HT_START = 0xFD00000000
 
+CMD_SWITCHOVER_START = 11
 COMMAND_NAMES = {1: 'OPEN_RETURN_PATH', 2: 'PING', 3: 'POSTCOPY_ADVISE', 4: 'POSTCOPY_LISTEN', 5: 'POSTCOPY_RUN',
                  6: 'POSTCOPY_RAM_DISCARD', 7: 'PACKAGED', 8: 'RECV_BITMAP', 9: 'POSTCOPY_RESUME', 10: 'ENABLE_COLO',
                  11: 'SWITCHOVER_START'}
@@ -373,7 +374,10 @@ def read_stream(reader, stream, on_page, on_zero):
                 raise StreamError('%s: section footer at byte %d closes section %d, but section %s was open: the stream is damaged'
                                   % (reader.label, where, section_id, last_section))
         elif kind == VM_COMMAND:
-            command = struct.unpack('>H', reader.take(2))[0]
+            command, length = struct.unpack('>HH', reader.take(4))
+            # QEMU 10 marks the start of the final pause with an empty SWITCHOVER_START in every precopy stream.
+            if command == CMD_SWITCHOVER_START and length == 0:
+                continue
             raise Unsupported('%s: migration command %s at byte %d (postcopy, COLO or a return path) is not handled: take the live dump '
                               'as libvirt does by default' % (reader.label, COMMAND_NAMES.get(command, 'number %d' % command), where))
         elif kind == VM_EOF:

@@ -601,8 +601,10 @@ cmd_convert_up() {
            "$convert_prefix-q35:q35:3072::0x10000000,0x120000000" \
            "$convert_prefix-busy:pc:1024:memdump.writer=1:"; do
     IFS=: read -r name machine mib extra blobs <<< "$g"
-    local loader=() listed=() addr i=0
+    local loader=() listed=() addr i=0 reserve=""
     for addr in ${blobs//,/ }; do
+      # Linux must not reuse the blob's RAM (it did above 4 GiB): memmap=SIZE$ADDR reserves it.
+      reserve+=" memmap=1M\$$addr"
       { printf 'MEMDUMP-CONVERT-BLOB %s %s\n' "$name" "$addr"; head -c 1048576 /dev/urandom; } | head -c 1048576 > "$dir/$name-blob$i.bin"
       chmod 0644 "$dir/$name-blob$i.bin"
       loader+=("$dir/$name-blob$i.bin" "$addr")
@@ -614,7 +616,7 @@ cmd_convert_up() {
     virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
     virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
     rm -f "$dir/$name-console.log"
-    convert_guest_xml "$name" "$machine" "$mib" "$kernel" "$initrd" "$dir/$name-console.log" "$extra" "${loader[@]}" > "$dir/$name.xml"
+    convert_guest_xml "$name" "$machine" "$mib" "$kernel" "$initrd" "$dir/$name-console.log" "$extra$reserve" "${loader[@]}" > "$dir/$name.xml"
     virsh -c qemu:///system define "$dir/$name.xml" >/dev/null
     virsh -c qemu:///system start "$name" >/dev/null
     echo "$name" >> "$stack_dir/convert-guests"

@@ -228,6 +228,7 @@ def _replace(data, old, new):
     (lambda d: _replace(d, b'\x07\x00\x00\x00\x0dpc-i440fx-7.2', b'\x07\x00\x00\x00\x07microvm'), "machine type 'microvm' is not handled"),
     (lambda d: _replace(d, b'\x01\x00\x00\x00\x02\x03ram', b'\x01\x00\x00\x00\x02\x03blk'), "iterative section 'blk'.*not handled"),
     (lambda d: _replace(d, b'\x01\x00\x00\x00\x02\x03ram', b'\x08\x00\x03\x00\x00'), 'POSTCOPY_ADVISE'),
+    (lambda d: _replace(d, b'\x04\x00\x00\x00\x03\x05timer', b'\x08\x00\x0b\x00\x01\x00\x04\x00\x00\x00\x03\x05timer'), 'SWITCHOVER_START'),
     (lambda d: _replace(d, b'\x01\x00\x00\x00\x02\x03ram', b'\x42'), 'section type 0x42'),
     (lambda d: d[:-10], 'device description.*truncated'),
     (lambda d: d[:200], 'truncated'),
@@ -238,6 +239,16 @@ def test_streams_it_does_not_handle_or_broken_ones_end_in_a_clear_error(tmp_path
     with pytest.raises(conv.ConvertError, match=message):
         conv.convert(write(tmp_path, edit(writer.build())), str(tmp_path / 'vm.elf'))
     assert not (tmp_path / 'vm.elf').exists()
+
+
+def test_qemu_10_switchover_start_before_device_state_is_accepted(tmp_path):
+    """QEMU 10 puts an empty SWITCHOVER_START command between the RAM and the device state."""
+    writer = StreamWriter(machine='pc-q35-10.0', blocks=[('pc.ram', 64 << 20), ('pc.bios', 256 << 10)])
+    writer.page('pc.ram', 0x3000, page_of('qemu 10'))
+    data = _replace(writer.build(), b'\x04\x00\x00\x00\x03\x05timer', b'\x08\x00\x0b\x00\x00\x04\x00\x00\x00\x03\x05timer')
+    elf = str(tmp_path / 'vm.elf')
+    assert conv.convert(write(tmp_path, data), elf)['check']['ok'] is True
+    assert read_phys(elf, 0x3000) == page_of('qemu 10')
 
 
 def test_capabilities_that_change_the_format_are_refused(tmp_path):
