@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import datetime
 import errno
 import hashlib
 import json
@@ -156,6 +157,7 @@ def convert(stream_path, elf_path, domain_xml=None, verify=True):
     Raises :class:`ConvertError` with a message for the analyst; never leaves a partial ELF behind.
     """
     started = time.monotonic()
+    started_at = _utc_now()
     domain = _domain(domain_xml)
     try:
         fd = os.open(elf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -172,9 +174,11 @@ def convert(stream_path, elf_path, domain_xml=None, verify=True):
         raise
     os.close(fd)
     report['convert_sec'] = round(time.monotonic() - started, 3)
+    report['started_at'] = started_at
     if verify:
-        report['check'] = check(stream_path, elf_path, domain_xml, _expect=report)
+        report['check'] = check(stream_path, elf_path, domain_xml)
         report['elf']['sha256'] = report['check']['elf_sha256']
+    report['finished_at'] = _utc_now()
     return report
 
 
@@ -267,7 +271,7 @@ def _write(stream_path, elf_path, fd, domain):
         'converter': CONVERTER,
         'converter_version': CONVERTER_VERSION,
         'stream': {'path': stream_path, 'size': stream_size, 'sha256': digest.hexdigest()},
-        'elf': {'path': elf_path, 'size': state['size'], 'allocated': os.fstat(fd).st_blocks * 512},
+        'elf': {'path': elf_path, 'size': state['size'], 'allocated': os.fstat(fd).st_blocks * 512, 'sha256': None},
         'machine': stream.machine,
         'domain_xml_used': domain is not None,
         'blocks': _block_report(stream, state['segments'], state['unplaced'], carried, zero),
@@ -279,7 +283,7 @@ def _write(stream_path, elf_path, fd, domain):
     }
 
 
-def check(stream_path, elf_path, domain_xml=None, _expect=None):
+def check(stream_path, elf_path, domain_xml=None):
     """Check an ELF against the stream it was derived from, independently of how it was written: its
     PT_LOADs are the layout the stream (and domain XML) give; the last version of every page the stream
     carries for a placed block is in the ELF at that page's guest-physical address; every other page of
@@ -428,6 +432,10 @@ def _check(stream_path, elf_path, fd, domain, started):
         'layout_problems': problems['layout'],
         'check_sec': round(time.monotonic() - started, 3),
     }
+
+
+def _utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
 def _ranges(pairs):
