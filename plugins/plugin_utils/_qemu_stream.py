@@ -62,7 +62,7 @@ KNOWN_FLAGS = FLAG_ZERO | FLAG_MEM_SIZE | FLAG_PAGE | FLAG_EOS | FLAG_CONTINUE
 # Limits a stream cannot talk past: x86 QEMU guests stay far below them.
 MAX_RAM_BYTES = 1 << 40          # all RAM blocks together (QEMU moves RAM near 1 TiB anyway)
 MAX_BLOCKS = 1024
-MAX_VMDESC_BYTES = 64 << 20
+MAX_VMDESC_BYTES = 16 << 20     # QEMU's device description: about 100 KiB for the guests here
 MAX_DOMAIN_XML_BYTES = 8 << 20
 READ_CHUNK = 8 << 20
 FOUR_GIB = 1 << 32
