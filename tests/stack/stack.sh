@@ -404,7 +404,7 @@ cached_systemd_host() {  # prints the path of a prepared root tarball, building 
     chmod 0755 "$tmp"   # the container's / (mktemp's 0700 would lock out every user but root: dbus, polkitd, QEMU)
     log "building the systemd host's root file system (debootstrap + libvirt; once per machine)"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,python3,iproute2 \
-      bookworm "$tmp" http://deb.debian.org/debian > "$kernel_cache/systemd-host-debootstrap.log" 2>&1 \
+      bookworm "$tmp" > "$kernel_cache/systemd-host-debootstrap.log" 2>&1 \
       || { log "debootstrap failed: see $kernel_cache/systemd-host-debootstrap.log"; rm -rf --one-file-system "$tmp"; exit 1; }
     cp /etc/resolv.conf "$tmp/etc/resolv.conf"
     cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/ca-certificates.crt"
