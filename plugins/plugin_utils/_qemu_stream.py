@@ -69,6 +69,7 @@ FOUR_GIB = 1 << 32
 _BE64 = struct.Struct('>Q')
 # QEMU moves RAM above 1 TiB when it would reach AMD's HyperTransport hole (hw/i386/pc.c).
 AMD_HT_START = 0xFD00000000
+VGA_WINDOW = (0xA0000, 0xC0000)
 
 CMD_SWITCHOVER_START = 11
 COMMAND_NAMES = {1: 'OPEN_RETURN_PATH', 2: 'PING', 3: 'POSTCOPY_ADVISE', 4: 'POSTCOPY_LISTEN', 5: 'POSTCOPY_RUN',
@@ -569,6 +570,14 @@ def plan_layout(stream, domain=None):
             first = max(start, below)
             segments.append(Segment(FOUR_GIB + first - below, end - first, name, first - start))
         cursor = end
+    unplaced = {}
+    # A VGA-compatible video device (every one has a RAM block vga.vram) claims the legacy window at 0xa0000:
+    # the guest sees the device there, not its RAM, and QEMU's own dump leaves the window out.
+    if any(name == 'vga.vram' or name.endswith('/vga.vram') for name in sizes):
+        segments, cut = _cut(segments, VGA_WINDOW[0], VGA_WINDOW[1])
+        for seg in cut:
+            unplaced['%s [0x%x-0x%x)' % (seg.block, seg.block_offset, seg.block_offset + seg.length)] = \
+                'legacy VGA window 0xa0000-0xc0000: the guest sees its video device there, not this RAM (as in QEMU\'s own dump)'
     top = FOUR_GIB
     if 'pc.bios' in sizes:
         segments.append(Segment(FOUR_GIB - sizes['pc.bios'], sizes['pc.bios'], 'pc.bios', 0))
@@ -577,7 +586,6 @@ def plan_layout(stream, domain=None):
         if flash in sizes:
             top -= sizes[flash]
             segments.append(Segment(top, sizes[flash], flash, 0))
-    unplaced = {}
     for dimm in (domain or {}).get('dimms', []):
         block = 'mem' + dimm['alias']
         if block in sizes and dimm['base'] is not None:
@@ -589,8 +597,11 @@ def plan_layout(stream, domain=None):
         if name.startswith('memdimm') or name.startswith('memvirtiomem') or name.startswith('memnvdimm'):
             unplaced[name] = 'hotplugged memory: its guest-physical base is in the domain XML (give it with the stream) for DIMMs; ' \
                              'virtio-mem and NVDIMM are not handled'
+        elif name.endswith('.vram') or name.endswith('.vrom'):
+            unplaced[name] = 'video memory: the guest\'s firmware chose its address (a PCI BAR), which is in the device state ' \
+                             'this converter does not read; QEMU\'s own dump shows it there'
         else:
-            unplaced[name] = 'device or firmware memory (option ROM, video memory, fw_cfg table): not part of the guest-physical RAM ' \
+            unplaced[name] = 'device or firmware memory (option ROM, fw_cfg table): not part of the guest-physical RAM ' \
                              'that QEMU\'s memory-only dump shows'
     segments.sort(key=lambda s: s.phys)
     for before, after in zip(segments, segments[1:]):
@@ -601,6 +612,22 @@ def plan_layout(stream, domain=None):
         raise Unsupported('guest RAM reaches 0x%x, where QEMU may move it above 1 TiB on AMD hosts: not handled'
                           % (segments[-1].phys + segments[-1].length))
     return segments, unplaced
+
+
+def _cut(segments, start, end):
+    """Remove guest-physical [start, end) from the segments; return (what stays, what was cut out)."""
+    kept, cut = [], []
+    for seg in segments:
+        lo, hi = max(seg.phys, start), min(seg.phys + seg.length, end)
+        if lo >= hi:
+            kept.append(seg)
+            continue
+        if seg.phys < lo:
+            kept.append(Segment(seg.phys, lo - seg.phys, seg.block, seg.block_offset))
+        cut.append(Segment(lo, hi - lo, seg.block, seg.block_offset + lo - seg.phys))
+        if hi < seg.phys + seg.length:
+            kept.append(Segment(hi, seg.phys + seg.length - hi, seg.block, seg.block_offset + hi - seg.phys))
+    return kept, cut
 
 
 def _main_ram_blocks(stream, domain, sizes):

@@ -276,6 +276,7 @@ def _write(stream_path, elf_path, fd, domain):
         'domain_xml_used': domain is not None,
         'blocks': _block_report(stream, state['segments'], state['unplaced'], carried, zero),
         'segments': [s.as_dict() for s in state['segments']],
+        'ranges_not_placed': {k: v for k, v in state['unplaced'].items() if k not in stream.block_index},
         'pages': {'records': records, 'data_records': records - sum(zero), 'zero_records': sum(zero),
                   'superseded_versions': records - counts['unplaced_records'] - distinct,
                   'distinct_placed': distinct, 'records_of_unplaced_blocks': counts['unplaced_records']},

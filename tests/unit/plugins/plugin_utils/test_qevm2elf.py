@@ -142,6 +142,22 @@ def test_q35_numa_cells_are_concatenated_and_split_at_2_gib(tmp_path):
     assert report['domain_xml_used'] is True
 
 
+def test_a_vga_device_takes_the_legacy_window_out_of_ram(tmp_path):
+    """With a VGA-compatible video device (block .../vga.vram), 0xa0000-0xc0000 is the device's, as in QEMU's
+    own ELF of such a guest: the RAM behind it is named in the report, not shown as guest-physical memory."""
+    blocks = [('pc.ram', 256 * MIB), ('0000:00:02.0/vga.vram', 16 * MIB), ('pc.bios', 256 << 10)]
+    writer = StreamWriter(blocks=blocks)
+    writer.page('pc.ram', 0x9F000, page_of('below the window')).page('pc.ram', 0xA0000, page_of('behind the window'))
+    writer.page('pc.ram', 0xC0000, page_of('above the window')).page('0000:00:02.0/vga.vram', 0, page_of('framebuffer'))
+    elf = str(tmp_path / 'vm.elf')
+    report = conv.convert(write(tmp_path, writer), elf)
+    assert [(p, n) for p, n, _o in loads(elf)] == [(0, 0xA0000), (0xC0000, 256 * MIB - 0xC0000), (4 * GIB - (256 << 10), 256 << 10)]
+    assert read_phys(elf, 0x9F000) == page_of('below the window') and read_phys(elf, 0xC0000) == page_of('above the window')
+    assert list(report['ranges_not_placed']) == ['pc.ram [0xa0000-0xc0000)']
+    assert 'PCI BAR' in [b for b in report['blocks'] if b['name'].endswith('vga.vram')][0]['not_placed']
+    assert report['check']['ok'] is True and report['pages']['records_of_unplaced_blocks'] == 2
+
+
 def test_domain_xml_of_another_guest_is_refused(tmp_path):
     writer = StreamWriter(machine='pc-q35-7.2', blocks=[('ram-node0', 64 * MIB), ('ram-node1', 64 * MIB)])
     domain = ("<domain><memory unit='MiB'>128</memory><os><type machine='pc-q35-7.2'>hvm</type></os><cpu><numa>"
