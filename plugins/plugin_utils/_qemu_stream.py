@@ -632,7 +632,9 @@ def _cut(segments, start, end):
 
 def _main_ram_blocks(stream, domain, sizes):
     """The blocks that make up the machine's RAM, in the order QEMU concatenates them."""
-    if domain is not None and domain['cells']:
+    # NUMA cells are RAM blocks of their own when QEMU got them as memory backends (libvirt does so since QEMU 5);
+    # with the older "-numa node,mem=" the machine's RAM is still the one block pc.ram.
+    if domain is not None and domain['cells'] and not ('pc.ram' in sizes and 'ram-node0' not in sizes):
         names = ['ram-node%d' % cell for cell, _size in domain['cells']]
         for (cell, size), name in zip(domain['cells'], names):
             if name not in sizes:
@@ -643,7 +645,7 @@ def _main_ram_blocks(stream, domain, sizes):
                                   'it is not this stream\'s domain XML' % (cell, size, name, sizes[name]))
         return names
     if 'pc.ram' in sizes:
-        if domain is not None and domain['memory'] is not None:
+        if domain is not None and domain['memory'] is not None and not domain['cells']:
             expected = domain['memory'] - sum(d['size'] or 0 for d in domain['dimms']) - sum(d['size'] or 0 for d in domain['other_memory_devices'])
             if expected != sizes['pc.ram']:
                 raise StreamError('the domain XML gives the guest %d bytes of RAM, the stream\'s pc.ram has %d: '

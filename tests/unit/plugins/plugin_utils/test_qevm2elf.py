@@ -158,6 +158,17 @@ def test_a_vga_device_takes_the_legacy_window_out_of_ram(tmp_path):
     assert report['check']['ok'] is True and report['pages']['records_of_unplaced_blocks'] == 2
 
 
+def test_numa_cells_without_memory_backends_are_one_block(tmp_path):
+    """QEMU given "-numa node,mem=" (no memory backends) keeps one pc.ram whatever cells the domain XML has."""
+    writer = StreamWriter(machine='pc-q35-7.2', blocks=[('pc.ram', 3 * GIB), ('pc.bios', 256 << 10)])
+    writer.page('pc.ram', 2 * GIB, page_of('first above 4 GiB'))
+    domain = ("<domain><memory unit='GiB'>3</memory><os><type machine='pc-q35-7.2'>hvm</type></os><cpu><numa>"
+              "<cell id='0' memory='1536' unit='MiB'/><cell id='1' memory='1536' unit='MiB'/></numa></cpu></domain>")
+    elf = str(tmp_path / 'vm.elf')
+    conv.convert(write(tmp_path, writer), elf, domain_xml=domain, verify=False)
+    assert read_phys(elf, 4 * GIB) == page_of('first above 4 GiB')
+
+
 def test_domain_xml_of_another_guest_is_refused(tmp_path):
     writer = StreamWriter(machine='pc-q35-7.2', blocks=[('ram-node0', 64 * MIB), ('ram-node1', 64 * MIB)])
     domain = ("<domain><memory unit='MiB'>128</memory><os><type machine='pc-q35-7.2'>hvm</type></os><cpu><numa>"
