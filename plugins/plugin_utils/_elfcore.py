@@ -19,6 +19,14 @@ PAGE_SIZE = 4096
 ET_CORE = 4
 EM_X86_64 = 62
 PT_LOAD = 1
+PT_NOTE = 4
+NHDR = struct.Struct('<III')
+# What the stream carries without a guest-physical address goes into notes of this name and type; readers of
+# guest memory skip notes they do not know.
+NOTE_NAME = b'MEMDUMP\x00'
+NT_MEMDUMP_BLOCK = 0x4D440001
+# desc: bytes from the desc's start to the data, block offset, length, length of the block's name; the name.
+NOTE_META = struct.Struct('<QQQH')
 EHDR = struct.Struct('<16sHHIQQQIHHHHHH')
 PHDR = struct.Struct('<IIQQQQQQ')
 MAX_PHDRS = 4096
@@ -28,28 +36,67 @@ class ElfError(Exception):
     """The file is not an ELF core this module can read: the message says why."""
 
 
-def layout_file(segments):
+def _page_up(value):
+    return -(-value // PAGE_SIZE) * PAGE_SIZE
+
+
+def layout_file(segments, apart=()):
     """File offsets for the segments (sorted by address), data starting on a page boundary so that
-    every guest page is one file-system block and a zero page can stay a hole.
-    Returns ``(header_bytes, [file_offset per segment], file_size)``."""
-    count = len(segments)
-    header_size = EHDR.size + count * PHDR.size
-    data_start = -(-header_size // PAGE_SIZE) * PAGE_SIZE
+    every guest page is one file-system block and a zero page can stay a hole; then one ``MEMDUMP`` note
+    per item of ``apart`` (what the stream carries without a guest-physical address), its bytes page-aligned.
+    Returns ``(header_bytes, [file_offset per segment], [(note_offset, note_head_bytes, data_offset)], file_size)``."""
+    count = len(segments) + (1 if apart else 0)
+    cursor = _page_up(EHDR.size + count * PHDR.size)
     offsets = []
-    cursor = data_start
     for seg in segments:
         offsets.append(cursor)
         cursor += seg.length
+    notes = []
+    note_start = cursor
+    for item in apart:
+        name = item.block.encode('ascii')
+        desc_start = cursor + NHDR.size + len(NOTE_NAME)
+        meta_size = NOTE_META.size + len(name)
+        data_offset = _page_up(desc_start + meta_size)
+        meta = NOTE_META.pack(data_offset - desc_start, item.block_offset, item.length, len(name)) + name
+        head = NHDR.pack(len(NOTE_NAME), data_offset - desc_start + item.length, NT_MEMDUMP_BLOCK) + NOTE_NAME + meta
+        notes.append((cursor, head, data_offset))
+        cursor = data_offset + item.length
     ident = b'\x7fELF' + bytes([2, 1, 1, 0]) + bytes(8)     # 64-bit, little-endian, version 1, System V
     header = EHDR.pack(ident, ET_CORE, EM_X86_64, 1, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, count, 0, 0, 0)
+    if apart:
+        header += PHDR.pack(PT_NOTE, 0, note_start, 0, 0, cursor - note_start, cursor - note_start, 0)
     for seg, offset in zip(segments, offsets):
         header += PHDR.pack(PT_LOAD, 0, offset, seg.phys, seg.phys, seg.length, seg.length, 0)
-    return header, offsets, cursor
+    return header, offsets, notes, cursor
 
 
-def read_loads(fd, label):
-    """The PT_LOAD headers of an ELF64 core: ``[(phys, length, file_offset)]`` sorted by address, checked
-    to lie inside the file and not to overlap."""
+def read_block_notes(fd, label):
+    """The ``MEMDUMP`` block notes of the ELF: ``[(block, block_offset, length, data_offset)]``."""
+    size = os.fstat(fd).st_size
+    found = []
+    for p_type, offset, _paddr, filesz, _memsz in _phdrs(fd, label):
+        if p_type != PT_NOTE:
+            continue
+        cursor, end = offset, offset + filesz
+        while cursor + NHDR.size <= end:
+            namesz, descsz, n_type = NHDR.unpack(os.pread(fd, NHDR.size, cursor))
+            name_at = cursor + NHDR.size
+            desc_at = name_at + (-(-namesz // 4) * 4)
+            if desc_at + descsz > end:
+                raise ElfError('%s: a note at file offset %d runs past its PT_NOTE' % (label, cursor))
+            if n_type == NT_MEMDUMP_BLOCK and os.pread(fd, namesz, name_at) == NOTE_NAME and descsz >= NOTE_META.size:
+                skip, block_offset, length, name_len = NOTE_META.unpack(os.pread(fd, NOTE_META.size, desc_at))
+                name = os.pread(fd, name_len, desc_at + NOTE_META.size)
+                if skip + length != descsz or desc_at + skip + length > size:
+                    raise ElfError('%s: the MEMDUMP note at file offset %d is damaged' % (label, cursor))
+                found.append((name.decode('ascii', 'replace'), block_offset, length, desc_at + skip))
+            cursor = desc_at + (-(-descsz // 4) * 4)
+    return found
+
+
+def _phdrs(fd, label):
+    """``[(p_type, offset, paddr, filesz, memsz)]`` of every program header, checked to lie inside the file."""
     size = os.fstat(fd).st_size
     head = os.pread(fd, EHDR.size, 0)
     if len(head) < EHDR.size or head[:4] != b'\x7fELF':
@@ -63,14 +110,24 @@ def read_loads(fd, label):
     if phentsize != PHDR.size or not 0 < phnum <= MAX_PHDRS or phoff + phnum * PHDR.size > size:
         raise ElfError('%s has a damaged program header table (%d entries of %d bytes at %d)' % (label, phnum, phentsize, phoff))
     table = os.pread(fd, phnum * PHDR.size, phoff)
-    loads = []
+    out = []
     for index in range(phnum):
         p_type, _flags, offset, _vaddr, paddr, filesz, memsz, _align = PHDR.unpack_from(table, index * PHDR.size)
+        if offset + filesz > size:
+            raise ElfError('%s: program header %d claims %d bytes at file offset %d, beyond the file' % (label, index, filesz, offset))
+        out.append((p_type, offset, paddr, filesz, memsz))
+    return out
+
+
+def read_loads(fd, label):
+    """The PT_LOAD headers of an ELF64 core: ``[(phys, length, file_offset)]`` sorted by address, checked
+    to lie inside the file and not to overlap."""
+    loads = []
+    for p_type, offset, paddr, filesz, memsz in _phdrs(fd, label):
         if p_type != PT_LOAD:
             continue
-        if filesz != memsz or offset + filesz > size:
-            raise ElfError('%s: PT_LOAD at physical 0x%x claims %d bytes at file offset %d, beyond the file or not all in it'
-                           % (label, paddr, memsz, offset))
+        if filesz != memsz:
+            raise ElfError('%s: PT_LOAD at physical 0x%x has %d bytes in the file but %d in memory' % (label, paddr, filesz, memsz))
         loads.append((paddr, filesz, offset))
     loads.sort()
     for before, after in zip(loads, loads[1:]):

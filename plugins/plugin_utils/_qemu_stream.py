@@ -441,6 +441,21 @@ class Segment:
                 'length': self.length, 'block': self.block, 'block_offset': '0x%x' % self.block_offset}
 
 
+class Apart:
+    """A block, or a range of one, that the stream carries but that has no guest-physical address."""
+
+    __slots__ = ('block', 'block_offset', 'length', 'reason')
+
+    def __init__(self, block, block_offset, length, reason):
+        self.block, self.block_offset, self.length, self.reason = block, block_offset, length, reason
+
+    @property
+    def label(self):
+        if self.block_offset == 0:
+            return self.block
+        return '%s [0x%x-0x%x)' % (self.block, self.block_offset, self.block_offset + self.length)
+
+
 def parse_domain_xml(text):
     """The parts of a libvirt domain XML that decide the RAM layout. The XML comes from the hypervisor as
     the stream does: bounded, no DTD or entities, and only numbers and names are taken from it."""
@@ -543,9 +558,9 @@ def split_below_4g(family, ram_size, max_below=None):
 def plan_layout(stream, domain=None):
     """Place the stream's RAM blocks at guest-physical addresses as QEMU's memory map does.
 
-    Returns ``(segments, unplaced)``: the machine's RAM (``pc.ram``, or the NUMA cells' ``ram-nodeN`` in
+    Returns ``(segments, apart)``: the machine's RAM (``pc.ram``, or the NUMA cells' ``ram-nodeN`` in
     cell order) split around the PCI hole, DIMMs at the base the domain XML records, the BIOS or pflash
-    below 4 GiB; ``unplaced`` names each block that has no guest-physical address and why.
+    below 4 GiB; ``apart``: each block (or part of one) that has no guest-physical address, and why.
     """
     family = machine_family(stream.machine)
     sizes = dict(stream.blocks)
@@ -570,14 +585,15 @@ def plan_layout(stream, domain=None):
             first = max(start, below)
             segments.append(Segment(FOUR_GIB + first - below, end - first, name, first - start))
         cursor = end
-    unplaced = {}
+    apart = []
     # A VGA-compatible video device (every one has a RAM block vga.vram) claims the legacy window at 0xa0000:
     # the guest sees the device there, not its RAM, and QEMU's own dump leaves the window out.
     if any(name == 'vga.vram' or name.endswith('/vga.vram') for name in sizes):
         segments, cut = _cut(segments, VGA_WINDOW[0], VGA_WINDOW[1])
         for seg in cut:
-            unplaced['%s [0x%x-0x%x)' % (seg.block, seg.block_offset, seg.block_offset + seg.length)] = \
-                'legacy VGA window 0xa0000-0xc0000: the guest sees its video device there, not this RAM (as in QEMU\'s own dump)'
+            apart.append(Apart(seg.block, seg.block_offset, seg.length,
+                               'legacy VGA window 0xa0000-0xc0000: the guest sees its video device there, not this RAM '
+                               '(QEMU\'s own dump leaves it out too)'))
     top = FOUR_GIB
     if 'pc.bios' in sizes:
         segments.append(Segment(FOUR_GIB - sizes['pc.bios'], sizes['pc.bios'], 'pc.bios', 0))
@@ -591,18 +607,19 @@ def plan_layout(stream, domain=None):
         if block in sizes and dimm['base'] is not None:
             segments.append(Segment(dimm['base'], sizes[block], block, 0))
     placed = {s.block for s in segments}
-    for name, _size in stream.blocks:
+    for name, size in stream.blocks:
         if name in placed:
             continue
         if name.startswith('memdimm') or name.startswith('memvirtiomem') or name.startswith('memnvdimm'):
-            unplaced[name] = 'hotplugged memory: its guest-physical base is in the domain XML (give it with the stream) for DIMMs; ' \
-                             'virtio-mem and NVDIMM are not handled'
+            reason = 'hotplugged memory: its guest-physical base is in the domain XML (give it with the stream) for DIMMs; ' \
+                     'virtio-mem and NVDIMM are not handled'
         elif name.endswith('.vram') or name.endswith('.vrom'):
-            unplaced[name] = 'video memory: the guest\'s firmware chose its address (a PCI BAR), which is in the device state ' \
-                             'this converter does not read; QEMU\'s own dump shows it there'
+            reason = 'video memory: the guest\'s firmware chose its address (a PCI BAR), which is in the device state ' \
+                     'this converter does not read; QEMU\'s own dump shows it there'
         else:
-            unplaced[name] = 'device or firmware memory (option ROM, fw_cfg table): not part of the guest-physical RAM ' \
-                             'that QEMU\'s memory-only dump shows'
+            reason = 'device or firmware memory (option ROM, fw_cfg table): not part of the guest-physical RAM ' \
+                     'that QEMU\'s memory-only dump shows'
+        apart.append(Apart(name, 0, size, reason))
     segments.sort(key=lambda s: s.phys)
     for before, after in zip(segments, segments[1:]):
         if before.phys + before.length > after.phys:
@@ -611,7 +628,7 @@ def plan_layout(stream, domain=None):
     if segments and segments[-1].phys + segments[-1].length > AMD_HT_START:
         raise Unsupported('guest RAM reaches 0x%x, where QEMU may move it above 1 TiB on AMD hosts: not handled'
                           % (segments[-1].phys + segments[-1].length))
-    return segments, unplaced
+    return segments, apart
 
 
 def _cut(segments, start, end):

@@ -89,14 +89,15 @@ class PageBits:
 
 
 class _Placement:
-    """Where each page of each block goes: a file offset in the ELF, or None for a block that has no
-    guest-physical address (counted apart)."""
+    """Where each page of each block goes: a file offset in the ELF and a guest-physical address (None for
+    what is kept apart in a MEMDUMP note)."""
 
     def __init__(self, stream, runs):
-        # runs: [(phys, length, block_name, block_offset, file_offset)]
+        # runs: [(phys or None, length, block_name, block_offset, file_offset)]
         self.by_block = [[] for _block in stream.blocks]
         for phys, length, name, block_offset, file_offset in runs:
-            self.by_block[stream.block_index[name]].append((block_offset, block_offset + length, file_offset - block_offset, phys - block_offset))
+            self.by_block[stream.block_index[name]].append(
+                (block_offset, block_offset + length, file_offset - block_offset, None if phys is None else phys - block_offset))
 
     def file_offset(self, block, offset):
         for start, end, delta, _phys in self.by_block[block]:
@@ -107,7 +108,7 @@ class _Placement:
     def phys(self, block, offset):
         for start, end, _delta, phys in self.by_block[block]:
             if start <= offset < end:
-                return offset + phys
+                return None if phys is None else offset + phys
         return None
 
 
@@ -135,15 +136,17 @@ def _sha256_file(fd):
         digest.update(data)
 
 
-def _block_report(stream, segments, unplaced, carried, zero):
+def _block_report(stream, segments, apart, carried, zero):
     blocks = []
     for index, (name, size) in enumerate(stream.blocks):
         entry = {'name': name, 'size': size, 'records': carried[index], 'zero_records': zero[index]}
         ranges = [s.as_dict() for s in segments if s.block == name]
         if ranges:
             entry['placed'] = ranges
-        else:
-            entry['not_placed'] = unplaced.get(name, 'no guest-physical address')
+        kept = [{'range': item.label, 'reason': item.reason} for item in apart if item.block == name]
+        if kept:
+            # In the ELF as a MEMDUMP note (not as guest-physical memory): every page the stream carries is in the ELF.
+            entry['kept_apart'] = kept
         blocks.append(entry)
     return blocks
 
@@ -184,23 +187,27 @@ def convert(stream_path, elf_path, domain_xml=None, verify=True):
 
 def _write(stream_path, elf_path, fd, domain):
     stream = qs.Stream()
-    state = {'placement': None, 'segments': None, 'unplaced': None, 'run_start': None, 'run': [], 'run_len': 0}
+    state = {'placement': None, 'segments': None, 'apart': None, 'run_start': None, 'run': [], 'run_len': 0}
     written = PageBits()     # pages whose latest version in the ELF is data (a later zero must overwrite it)
     seen = PageBits()
-    counts = {'unplaced_records': 0}
+    counts = {'unplaced_records': 0, 'apart_records': 0}
     carried = []
     zero = []
 
     def place():
         try:
-            segments, unplaced = qs.plan_layout(stream, domain)
+            segments, apart = qs.plan_layout(stream, domain)
         except qs.StreamError as exc:
             raise ConvertError('%s: %s' % (stream_path, exc))
-        header, offsets, size = elfcore.layout_file(segments)
+        header, offsets, notes, size = elfcore.layout_file(segments, apart)
         os.pwrite(fd, header, 0)
+        for note_offset, head, _data_offset in notes:
+            os.pwrite(fd, head, note_offset)
         os.ftruncate(fd, size)
-        state['segments'], state['unplaced'], state['size'] = segments, unplaced, size
-        state['placement'] = _Placement(stream, [(s.phys, s.length, s.block, s.block_offset, o) for s, o in zip(segments, offsets)])
+        state['segments'], state['apart'], state['size'] = segments, apart, size
+        runs = [(s.phys, s.length, s.block, s.block_offset, o) for s, o in zip(segments, offsets)]
+        runs += [(None, a.length, a.block, a.block_offset, note[2]) for a, note in zip(apart, notes)]
+        state['placement'] = _Placement(stream, runs)
         carried.extend([0] * len(stream.blocks))
         zero.extend([0] * len(stream.blocks))
         return state['placement']
@@ -216,8 +223,10 @@ def _write(stream_path, elf_path, fd, domain):
     def locate(block, offset):
         placement = state['placement'] or place()
         carried[block] += 1
-        for start, end, delta, _phys in placement.by_block[block]:
+        for start, end, delta, phys in placement.by_block[block]:
             if start <= offset < end:
+                if phys is None:
+                    counts['apart_records'] += 1
                 where = offset + delta
                 page = where >> 12
                 chunk = seen_chunks.get(page >> 12)
@@ -274,12 +283,11 @@ def _write(stream_path, elf_path, fd, domain):
         'elf': {'path': elf_path, 'size': state['size'], 'allocated': os.fstat(fd).st_blocks * 512, 'sha256': None},
         'machine': stream.machine,
         'domain_xml_used': domain is not None,
-        'blocks': _block_report(stream, state['segments'], state['unplaced'], carried, zero),
+        'blocks': _block_report(stream, state['segments'], state['apart'], carried, zero),
         'segments': [s.as_dict() for s in state['segments']],
-        'ranges_not_placed': {k: v for k, v in state['unplaced'].items() if k not in stream.block_index},
         'pages': {'records': records, 'data_records': records - sum(zero), 'zero_records': sum(zero),
                   'superseded_versions': records - counts['unplaced_records'] - distinct,
-                  'distinct_placed': distinct, 'records_of_unplaced_blocks': counts['unplaced_records']},
+                  'distinct': distinct, 'records_kept_apart': counts['apart_records'], 'records_not_in_elf': counts['unplaced_records']},
         'device_sections': stream.device_sections,
     }
 
@@ -304,14 +312,29 @@ def check(stream_path, elf_path, domain_xml=None):
 def _check(stream_path, elf_path, fd, domain, started):
     try:
         loads = elfcore.read_loads(fd, elf_path)
+        notes = elfcore.read_block_notes(fd, elf_path)
     except elfcore.ElfError as exc:
         raise ConvertError(str(exc))
+    # Every area of the file that holds guest memory: PT_LOADs by address, MEMDUMP notes by block and offset.
+    areas = sorted([(offset, length, phys, None) for phys, length, offset in loads] +
+                   [(data, length, block_offset, block) for block, block_offset, length, data in notes])
+    area_starts = [area[0] for area in areas]
+    note_map = {}
+    for block, block_offset, length, data in notes:
+        note_map.setdefault(block, []).append((block_offset, block_offset + length, data - block_offset))
+
+    def describe(page):
+        """A page of the file as the analyst knows it: its guest-physical address, or block+offset."""
+        start, _length, base, block = areas[bisect.bisect_right(area_starts, page * qs.PAGE_SIZE) - 1]
+        where = base + page * qs.PAGE_SIZE - start
+        return '0x%x' % where if block is None else '%s+0x%x' % (block, where)
+
     stream = qs.Stream()
     seen = PageBits()
     final_ok = PageBits()       # the latest version of the page (so far) equals the ELF's page
     state = {'placement': None}
     problems = {'layout': [], 'missing': []}
-    counts = {'records': 0, 'unplaced_records': 0}
+    counts = {'records': 0, 'apart_records': 0}
     starts = [load[0] for load in loads]
 
     def elf_offset(phys):
@@ -329,7 +352,7 @@ def _check(stream_path, elf_path, fd, domain, started):
 
     def place():
         try:
-            segments, _unplaced = qs.plan_layout(stream, domain)
+            segments, apart = qs.plan_layout(stream, domain)
         except qs.StreamError as exc:
             raise ConvertError('%s: %s' % (stream_path, exc))
         expected = [(s.phys, s.length) for s in segments]
@@ -337,6 +360,11 @@ def _check(stream_path, elf_path, fd, domain, started):
         if expected != actual:
             problems['layout'].append('the ELF\'s PT_LOADs %s differ from the layout the stream gives %s'
                                       % (_ranges(actual), _ranges(expected)))
+        expected_notes = sorted((a.block, a.block_offset, a.length) for a in apart)
+        actual_notes = sorted((block, block_offset, length) for block, block_offset, length, _data in notes)
+        if expected_notes != actual_notes:
+            problems['layout'].append('the ELF\'s MEMDUMP notes %s differ from what the stream carries apart %s'
+                                      % (actual_notes, expected_notes))
         state['placement'] = _Placement(stream, [(s.phys, s.length, s.block, s.block_offset, 0) for s in segments])
         return state['placement']
 
@@ -344,13 +372,19 @@ def _check(stream_path, elf_path, fd, domain, started):
         placement = state['placement'] or place()
         counts['records'] += 1
         phys = placement.phys(block, offset)
-        if phys is None:
-            counts['unplaced_records'] += 1
-            return None, None
-        where = elf_offset(phys)
+        if phys is not None:
+            where, label = elf_offset(phys), '0x%x' % phys
+        else:
+            counts['apart_records'] += 1
+            name = stream.blocks[block][0]
+            where, label = None, '%s+0x%x' % (name, offset)
+            for start, end, delta in note_map.get(name, ()):
+                if start <= offset < end:
+                    where = offset + delta
+                    break
         if where is None:
             if len(problems['missing']) < MAX_LISTED:
-                problems['missing'].append('0x%x' % phys)
+                problems['missing'].append(label)
             problems.setdefault('missing_count', 0)
             problems['missing_count'] += 1
             return None, None
@@ -363,8 +397,7 @@ def _check(stream_path, elf_path, fd, domain, started):
             final_ok.set(where // qs.PAGE_SIZE, os.pread(fd, qs.PAGE_SIZE, where) == data)
 
     # A zero page in a hole of the sparse ELF reads as zero without reading it.
-    extents = [(start, end, phys - offset) for phys, length, offset in loads
-               for start, end in elfcore.data_extents(fd, offset, offset + length)]
+    extents = [extent for offset, length, _base, _block in areas for extent in elfcore.data_extents(fd, offset, offset + length)]
     extent_starts = [extent[0] for extent in extents]
 
     def in_hole(where):
@@ -389,12 +422,6 @@ def _check(stream_path, elf_path, fd, domain, started):
     if state['placement'] is None:
         place()
     # Every page the stream carried: its final version must be the ELF's (bit operations on whole chunks).
-    by_offset = sorted((offset, phys) for phys, _length, offset in loads)
-
-    def phys_of(page):
-        offset, phys = by_offset[bisect.bisect_right(by_offset, (page * qs.PAGE_SIZE, 1 << 64)) - 1]
-        return phys + page * qs.PAGE_SIZE - offset
-
     carried, mismatch_count, mismatched = 0, 0, []
     for index, seen_bits in seen.chunks():
         seen_int = int.from_bytes(seen_bits, 'little')
@@ -404,17 +431,17 @@ def _check(stream_path, elf_path, fd, domain, started):
             low = bad & -bad
             mismatch_count += 1
             if len(mismatched) < MAX_LISTED:
-                mismatched.append('0x%x' % phys_of(index * PageBits.CHUNK_PAGES + low.bit_length() - 1))
+                mismatched.append(describe(index * PageBits.CHUNK_PAGES + low.bit_length() - 1))
             bad ^= low
     # Pages the stream never carried must read as zero; only data extents can hold anything else.
     stray = []
     stray_count = 0
-    for start, end, to_phys in extents:
+    for start, end in extents:
         for page in range(start // qs.PAGE_SIZE, -(-end // qs.PAGE_SIZE)):
             if not seen.get(page) and os.pread(fd, qs.PAGE_SIZE, page * qs.PAGE_SIZE) != ZERO_PAGE:
                 stray_count += 1
                 if len(stray) < MAX_LISTED:
-                    stray.append('0x%x' % (page * qs.PAGE_SIZE + to_phys))
+                    stray.append(describe(page))
     elf_sha = _sha256_file(fd)
     ok = not (problems['layout'] or mismatch_count or problems.get('missing_count') or stray_count)
     return {
@@ -429,7 +456,7 @@ def _check(stream_path, elf_path, fd, domain, started):
         'first_missing': problems['missing'],
         'elf_pages_not_in_stream_nonzero': stray_count,
         'first_not_in_stream': stray,
-        'records_of_unplaced_blocks': counts['unplaced_records'],
+        'records_kept_apart': counts['apart_records'],
         'layout_problems': problems['layout'],
         'check_sec': round(time.monotonic() - started, 3),
     }
@@ -479,8 +506,9 @@ def main(argv=None):
         sys.stderr.write('qevm2elf: the check FAILED: the ELF does not hold the stream\'s final pages (see "check" above)\n')
         return 1
     for block in report.get('blocks', []):
-        if 'not_placed' in block and block['records'] - block['zero_records'] > 0:
-            sys.stderr.write('qevm2elf: note: RAM block %s (%d bytes) is not in the ELF: %s\n' % (block['name'], block['size'], block['not_placed']))
+        for item in block.get('kept_apart', []):
+            sys.stderr.write('qevm2elf: note: %s is in the ELF as a MEMDUMP note, not as guest-physical memory: %s\n'
+                             % (item['range'], item['reason']))
     return 0
 
 

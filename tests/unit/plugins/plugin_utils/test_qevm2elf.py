@@ -41,9 +41,32 @@ def loads(elf):
     out = []
     for i in range(phnum):
         p_type, _f, offset, vaddr, paddr, filesz, memsz, _a = struct.unpack_from('<IIQQQQQQ', table, i * 56)
-        assert p_type == 1 and filesz == memsz and vaddr == paddr
-        out.append((paddr, filesz, offset))
+        if p_type == 1:     # PT_LOAD; the PT_NOTE holds what has no guest-physical address
+            assert filesz == memsz and vaddr == paddr
+            out.append((paddr, filesz, offset))
     return out
+
+
+def note_data(elf, block, offset, length=PAGE):
+    """Bytes of a block kept apart, read from its MEMDUMP note (PT_NOTE, name MEMDUMP, type 0x4d440001)."""
+    with open(elf, 'rb') as handle:
+        image = handle.read()
+    phoff, = struct.unpack_from('<Q', image, 32)
+    phnum, = struct.unpack_from('<H', image, 56)
+    for i in range(phnum):
+        p_type, _f, start, _v, _p, size, _m, _a = struct.unpack_from('<IIQQQQQQ', image, phoff + i * 56)
+        cursor = start
+        while p_type == 4 and cursor < start + size:
+            namesz, descsz, n_type = struct.unpack_from('<III', image, cursor)
+            desc = cursor + 12 + (namesz + 3) // 4 * 4
+            skip, block_offset, span, name_len = struct.unpack_from('<QQQH', image, desc)
+            name = image[desc + 26:desc + 26 + name_len].decode()
+            if n_type == 0x4D440001 and name == block and block_offset <= offset < block_offset + span:
+                at = desc + skip + offset - block_offset
+                assert at % PAGE == 0      # page-aligned, so zero pages stay holes
+                return image[at:at + length]
+            cursor = desc + (descsz + 3) // 4 * 4
+    raise AssertionError('no MEMDUMP note holds %s+0x%x' % (block, offset))
 
 
 def read_phys(elf, phys, length=PAGE):
@@ -70,12 +93,15 @@ def test_small_pc_guest_pages_at_their_addresses_and_check_passes(tmp_path):
     assert read_phys(elf, 0x12000) == bytes(PAGE)
     assert read_phys(elf, 4 * GIB - PAGE) == page_of('reset vector')
     assert report['check']['ok'] is True
-    assert report['check']['pages_checked'] == 4
+    assert report['check']['pages_checked'] == 5
     assert report['stream']['sha256'] == report['check']['stream_sha256'] == _sha(stream)
     assert report['elf']['sha256'] == _sha(elf)
     assert report['converter_version'] == conv.CONVERTER_VERSION
+    # The option ROM has no guest-physical address: it is kept in a MEMDUMP note, so the ELF has every page.
     rom = [b for b in report['blocks'] if b['name'] == 'pc.rom'][0]
-    assert 'not_placed' in rom and rom['records'] == 1
+    assert 'placed' not in rom and rom['kept_apart'][0]['range'] == 'pc.rom' and rom['records'] == 1
+    assert note_data(elf, 'pc.rom', 0) == page_of('option rom')
+    assert report['pages']['records_kept_apart'] == 1 and report['pages']['records_not_in_elf'] == 0
     # Sparse: the 128 MiB of RAM the stream did not fill take no disk space.
     assert os.stat(elf).st_blocks * 512 < 4 * MIB
     json.dumps(report)      # plain JSON types only: the custody event takes it as it is
@@ -153,9 +179,12 @@ def test_a_vga_device_takes_the_legacy_window_out_of_ram(tmp_path):
     report = conv.convert(write(tmp_path, writer), elf)
     assert [(p, n) for p, n, _o in loads(elf)] == [(0, 0xA0000), (0xC0000, 256 * MIB - 0xC0000), (4 * GIB - (256 << 10), 256 << 10)]
     assert read_phys(elf, 0x9F000) == page_of('below the window') and read_phys(elf, 0xC0000) == page_of('above the window')
-    assert list(report['ranges_not_placed']) == ['pc.ram [0xa0000-0xc0000)']
-    assert 'PCI BAR' in [b for b in report['blocks'] if b['name'].endswith('vga.vram')][0]['not_placed']
-    assert report['check']['ok'] is True and report['pages']['records_of_unplaced_blocks'] == 2
+    ram = [b for b in report['blocks'] if b['name'] == 'pc.ram'][0]
+    assert [k['range'] for k in ram['kept_apart']] == ['pc.ram [0xa0000-0xc0000)']
+    assert note_data(elf, 'pc.ram', 0xA0000) == page_of('behind the window')
+    vram = [b for b in report['blocks'] if b['name'].endswith('vga.vram')][0]
+    assert 'PCI BAR' in vram['kept_apart'][0]['reason'] and note_data(elf, '0000:00:02.0/vga.vram', 0) == page_of('framebuffer')
+    assert report['check']['ok'] is True and report['pages']['records_kept_apart'] == 2
 
 
 def test_numa_cells_without_memory_backends_are_one_block(tmp_path):
@@ -193,7 +222,7 @@ def test_dimm_is_placed_at_the_base_the_domain_xml_records(tmp_path):
     # Without the XML the DIMM's place is unknown: it is named, not guessed.
     report = conv.convert(write(tmp_path, writer), str(tmp_path / 'other.elf'), verify=False)
     dimm = [b for b in report['blocks'] if b['name'] == 'memdimm0'][0]
-    assert 'domain XML' in dimm['not_placed']
+    assert 'domain XML' in dimm['kept_apart'][0]['reason']
 
 
 def test_check_catches_a_changed_page_a_stray_page_and_another_layout(tmp_path):

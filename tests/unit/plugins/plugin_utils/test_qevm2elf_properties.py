@@ -134,6 +134,7 @@ def test_the_last_version_of_every_page_is_in_the_elf(parts):
         assert report['check']['ok'] is True
         with open(elf, 'rb') as handle:
             image = handle.read()
-    ram_offset = struct.unpack_from('<Q', image, 64 + 8)[0]     # p_offset of the first PT_LOAD (physical 0)
+    headers = [struct.unpack_from('<IIQQQQQQ', image, 64 + i * 56) for i in range(struct.unpack_from('<H', image, 56)[0])]
+    ram_offset = [h[2] for h in headers if h[0] == 1 and h[4] == 0][0]     # p_offset of the PT_LOAD at physical 0
     for page in range(RAM // PAGE):
         assert image[ram_offset + page * PAGE:ram_offset + (page + 1) * PAGE] == model.get(page, bytes(PAGE)), 'page %d' % page
