@@ -16,6 +16,11 @@
 #                         sets it) a real systemd host: Debian 12 booted with systemd-nspawn, with
 #                         libvirtd, polkitd, sshd on 127.0.0.1 and a tiny guest
 #   stack.sh systemd-host-down  power it off and remove it (`down` does this too)
+#   stack.sh convert-up   (tests and bench of the stream-to-ELF converter, after `up`) Linux guests named
+#                         memdump-convert-*: a 4608 MiB `pc` one and a 3 GiB two-node `q35` one, each with
+#                         known blobs placed by QEMU's loader below and above 4 GiB, and a 1 GiB `pc` one
+#                         that keeps rewriting 64 MiB; writes $MEMDUMP_STACK_DIR/convert-env
+#   stack.sh convert-down remove only what convert-up created
 #
 # `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
 set -euo pipefail
@@ -268,6 +273,7 @@ stop_pid() {  # pidfile
 cmd_down() {
   [ -d "$stack_dir" ] || return 0
   cmd_systemd_host_down
+  cmd_convert_down
   if [ -f "$stack_dir/guests" ]; then
     while read -r g; do
       [ -n "$g" ] || continue
@@ -398,7 +404,7 @@ cached_systemd_host() {  # prints the path of a prepared root tarball, building 
     chmod 0755 "$tmp"   # the container's / (mktemp's 0700 would lock out every user but root: dbus, polkitd, QEMU)
     log "building the systemd host's root file system (debootstrap + libvirt; once per machine)"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,python3,iproute2 \
-      bookworm "$tmp" http://deb.debian.org/debian > "$kernel_cache/systemd-host-debootstrap.log" 2>&1 \
+      bookworm "$tmp" > "$kernel_cache/systemd-host-debootstrap.log" 2>&1 \
       || { log "debootstrap failed: see $kernel_cache/systemd-host-debootstrap.log"; rm -rf --one-file-system "$tmp"; exit 1; }
     cp /etc/resolv.conf "$tmp/etc/resolv.conf"
     cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/ca-certificates.crt"
@@ -544,6 +550,111 @@ cmd_bench_down() {
   log "bench-down"
 }
 
+convert_prefix=${MEMDUMP_CONVERT_GUEST_PREFIX:-memdump-convert}
+
+convert_guest_xml() {  # name machine mem_mib kernel initrd console cmdline_extra [blob addr]...
+  local name=$1 machine=$2 mib=$3 kernel=$4 initrd=$5 console=$6 extra=$7 args="" numa="" vcpus=1
+  shift 7
+  while [ $# -ge 2 ]; do
+    args+="<qemu:arg value='-device'/><qemu:arg value='loader,file=$1,addr=$2,force-raw=on'/>"
+    shift 2
+  done
+  # q35: two NUMA cells, so that the stream carries guest RAM in two blocks (ram-node0, ram-node1).
+  if [ "$machine" = q35 ]; then
+    vcpus=2
+    numa="<cpu><numa><cell id='0' cpus='0' memory='$((mib / 2))' unit='MiB'/><cell id='1' cpus='1' memory='$((mib / 2))' unit='MiB'/></numa></cpu>"
+  fi
+  cat <<XML
+<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>$name</name>
+  <memory unit='MiB'>$mib</memory>
+  <vcpu>$vcpus</vcpu>
+  <os><type arch='x86_64' machine='$machine'>hvm</type><kernel>$kernel</kernel><initrd>$initrd</initrd>
+    <cmdline>console=ttyS0 quiet $extra</cmdline></os>
+  $numa
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='$console'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+  <qemu:commandline>$args</qemu:commandline>
+</domain>
+XML
+}
+
+cmd_convert_up() {
+  # Guests for the converter's tests and bench P9 only; `up` does not create them. Each blob is 1 MiB of
+  # random bytes with its guest-physical address written at its start, so a test finds it where it belongs.
+  need_root
+  [ -f "$stack_dir/env" ] || { log "convert-up needs a running stack: run '$0 up' first"; exit 1; }
+  local dir="$stack_dir/convert" kernel initrd g name machine mib extra blobs started line
+  mkdir -p "$dir"
+  chmod 0755 "$dir"
+  kernel=$(cached_kernel)
+  initrd="$dir/initrd.gz"
+  build_linux_initramfs "$initrd"
+  : > "$stack_dir/convert-guests"
+  : > "$stack_dir/convert-env"
+  # name:machine:MiB:cmdline:addr,addr (pc keeps 3 GiB below the PCI hole; q35 with >= 2.75 GiB keeps 2 GiB)
+  for g in "$convert_prefix-pc:pc:4608::0x10000000,0x140000000" \
+           "$convert_prefix-q35:q35:3072::0x10000000,0x120000000" \
+           "$convert_prefix-busy:pc:1024:memdump.writer=1:"; do
+    IFS=: read -r name machine mib extra blobs <<< "$g"
+    local loader=() listed=() addr i=0 reserve=""
+    for addr in ${blobs//,/ }; do
+      # Linux must not reuse the blob's RAM (it did above 4 GiB): memmap=SIZE$ADDR reserves it.
+      reserve+=" memmap=1M\$$addr"
+      { printf 'MEMDUMP-CONVERT-BLOB %s %s\n' "$name" "$addr"; head -c 1048576 /dev/urandom; } | head -c 1048576 > "$dir/$name-blob$i.bin"
+      chmod 0644 "$dir/$name-blob$i.bin"
+      loader+=("$dir/$name-blob$i.bin" "$addr")
+      listed+=("$dir/$name-blob$i.bin:$addr")
+      i=$((i + 1))
+    done
+    # "file:address file:address" of the blobs the loader put into this guest.
+    echo "export MEMDUMP_CONVERT_BLOBS_${name#"$convert_prefix"-}='${listed[*]}'" >> "$stack_dir/convert-env"
+    virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+    virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
+    rm -f "$dir/$name-console.log"
+    convert_guest_xml "$name" "$machine" "$mib" "$kernel" "$initrd" "$dir/$name-console.log" "$extra$reserve" "${loader[@]}" > "$dir/$name.xml"
+    virsh -c qemu:///system define "$dir/$name.xml" >/dev/null
+    virsh -c qemu:///system start "$name" >/dev/null
+    echo "$name" >> "$stack_dir/convert-guests"
+  done
+  started=$SECONDS
+  while read -r name; do
+    line=""
+    while [ $((SECONDS - started)) -lt 180 ]; do
+      line=$(grep -ao 'READY MEMDUMP-LINUX-MARKER-[0-9a-f-]*' "$dir/$name-console.log" 2>/dev/null | head -1 || true)
+      [ -n "$line" ] && break
+      sleep 0.5
+    done
+    [ -n "$line" ] || { log "the guest $name did not print READY within 180 s; see $dir/$name-console.log"; exit 1; }
+  done < "$stack_dir/convert-guests"
+  {
+    echo "export MEMDUMP_CONVERT_VM_PC='$convert_prefix-pc'"
+    echo "export MEMDUMP_CONVERT_VM_PC_MIB=4608"
+    echo "export MEMDUMP_CONVERT_VM_Q35='$convert_prefix-q35'"
+    echo "export MEMDUMP_CONVERT_VM_Q35_MIB=3072"
+    echo "export MEMDUMP_CONVERT_VM_BUSY='$convert_prefix-busy'"
+    echo "export MEMDUMP_CONVERT_VM_BUSY_MIB=1024"
+    echo "export MEMDUMP_CONVERT_DIR='$dir'"
+  } >> "$stack_dir/convert-env"
+  log "convert-up: $(wc -l < "$stack_dir/convert-guests") guest(s) ready after $((SECONDS - started)) s"
+}
+
+cmd_convert_down() {
+  [ -f "$stack_dir/convert-guests" ] || return 0
+  local name
+  while read -r name; do
+    [ -n "$name" ] || continue
+    virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+    virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
+  done < "$stack_dir/convert-guests"
+  rm -rf "$stack_dir/convert" "$stack_dir/convert-guests" "$stack_dir/convert-env"
+  log "convert-down"
+}
+
 case "${1:-}" in
   install) cmd_install "${2:-qemu}" ;;
   up) cmd_up "${2:-qemu}" ;;
@@ -551,8 +662,10 @@ case "${1:-}" in
   env) cat "$stack_dir/env" ;;
   bench-up) cmd_bench_up ;;
   bench-down) cmd_bench_down ;;
+  convert-up) cmd_convert_up ;;
+  convert-down) cmd_convert_down ;;
   linux-up) cmd_linux_up ;;
   systemd-host-up) cmd_systemd_host_up ;;
   systemd-host-down) cmd_systemd_host_down ;;
-  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|linux-up|systemd-host-up|systemd-host-down" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|convert-up|convert-down|linux-up|systemd-host-up|systemd-host-down" >&2; exit 2 ;;
 esac
