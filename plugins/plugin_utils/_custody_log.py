@@ -39,8 +39,9 @@ LOCK_NAME = '.custody.lock'
 MANIFEST_NAME = 'manifest.json'
 # deleting: the intent, written before the host deletes; deleted_from_host / delete_failed: the outcome.
 # repaired: a torn last line was moved aside by an explicit step (memdump_verify repair_torn_line).
+# derived: an ELF core made from a collected live stream (memdump_convert); the stream stays the evidence.
 EVENT_TYPES = ('acquired', 'collected', 'verified', 'deleting', 'deleted_from_host', 'delete_failed', 'reverified',
-               'repaired')
+               'repaired', 'derived')
 DEFAULT_METHOD = 'memory-only'
 # Fields of the service's record carried into the custody events when present (context for the analyst).
 CONTEXT_FIELDS = ('domain_xml', 'machine', 'qemu_version', 'libvirt_version')
@@ -347,7 +348,8 @@ def manifest_of(events):
         updated_at = e.get('time')
         if kind == 'acquired' and dump_id not in index:
             entry = dict((k, e.get(k)) for k in MANIFEST_ENTRY_FIELDS)
-            entry.update({'collected': False, 'evidence_file': None, 'deleted_from_host': False, 'deletion': None,
+            entry.update({'collected': False, 'evidence_file': None, 'derived_file': None, 'derived_sha256': None,
+                          'deleted_from_host': False, 'deletion': None,
                           'operator': e.get('operator'), 'awx_job_id': e.get('awx_job_id'),
                           'collection_version': e.get('collection_version'), 'recorded_at': e.get('time'),
                           'custody_seq': e.get('seq')})
@@ -363,6 +365,9 @@ def manifest_of(events):
             entry['collected'] = True
             entry['evidence_file'] = e.get('evidence_file')
             entry['collected_at'] = e.get('time')
+        elif kind == 'derived':
+            entry['derived_file'] = e.get('evidence_file')
+            entry['derived_sha256'] = e.get('sha256')
         elif kind == 'deleting':
             entry['deletion'] = 'pending'
         elif kind == 'delete_failed':

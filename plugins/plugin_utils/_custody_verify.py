@@ -135,18 +135,22 @@ def check_images(report, incident, only_dump=None):
     """Re-hashes the images the log lists (of one dump with only_dump)."""
     listed = {}
     for dump_id, kinds in by_dump(report.events).items():
-        ver = kinds.get('verified')
-        if ver is None or (only_dump and dump_id != only_dump):
+        if only_dump and dump_id != only_dump:
             continue
-        rel = ver.get('evidence_file') or ''
-        if not rel or rel.startswith('/') or '..' in rel.split('/'):
-            report.problems.append('dump %s: evidence_file %r climbs out of the incident directory' % (dump_id, rel))
-            continue
-        listed[rel] = ver
+        # The collected image, and the ELF derived from a live stream (memdump_convert) when there is one.
+        for ver in (kinds.get('verified'), kinds.get('derived')):
+            if ver is None:
+                continue
+            rel = ver.get('evidence_file') or ''
+            if not rel or rel.startswith('/') or '..' in rel.split('/'):
+                report.problems.append('dump %s: evidence_file %r climbs out of the incident directory' % (dump_id, rel))
+                continue
+            listed[rel] = ver
     for rel, ver in sorted(listed.items()):
         full = os.path.join(incident, rel)
         info = {'file': rel, 'vm': ver.get('vm'), 'dump_id': ver.get('dump_id'), 'sha256': ver.get('sha256'),
-                'size_bytes': ver.get('size_bytes'), 'ok': False, 'rehashed': False}
+                'size_bytes': ver.get('size_bytes'), 'ok': False, 'rehashed': False,
+                'derived_from': ver.get('source_file') if ver.get('event') == 'derived' else None}
         report.images.append(info)
         if not os.path.isfile(full):
             report.problems.append('image %s (VM %s, dump %s) is missing' % (rel, ver.get('vm'), ver.get('dump_id')))
