@@ -17,7 +17,8 @@ from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custod
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _qevm2elf as qevm2elf
 
 CustodyError = names.CustodyError
-STREAM_FORMAT = 'live'
+# The record's format of a live dump (QEMU's migration stream).
+STREAM_FORMAT = 'qemu-migration'
 # What the event keeps of the converter's page-by-page check (the whole report goes to the task result).
 CHECK_FIELDS = ('ok', 'pages_checked', 'pages_equal', 'pages_mismatched', 'pages_missing_from_elf',
                 'elf_pages_not_in_stream_nonzero', 'records_kept_apart', 'layout_problems')

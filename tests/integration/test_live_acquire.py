@@ -64,6 +64,14 @@ def test_live_acquire_collects_records_and_keeps_methods_apart(memdump_service, 
     with open(path, 'rb') as f:
         assert f.read(4) == b'QEVM'
     assert 0 <= entry['paused_sec'] < 1.0
+    # The role converted the stream on the controller: an ELF core next to it, checked and recorded as derived.
+    assert entry['derived_file'] == entry['evidence_file'] + '.elf'
+    with open(os.path.join(str(evidence), LABEL, entry['derived_file']), 'rb') as f:
+        assert f.read(4) == b'\x7fELF'
+    with open(os.path.join(str(evidence), LABEL, 'custody.jsonl')) as f:
+        (derived,) = [e for e in map(json.loads, f) if e['event'] == 'derived']
+    assert derived['source_sha256'] == entry['sha256'] and derived['check']['ok'] is True
+    assert sha256_file(os.path.join(str(evidence), LABEL, entry['derived_file'])) == entry['derived_sha256'] == derived['sha256']
 
     # InfluxDB: the point is tagged with the method and carries the pause; the panel groups by it.
     series = influx_select(influx_url, database, 'SELECT "paused_sec" FROM "memdump" WHERE "label" = \'%s\' AND "method" = \'live\''

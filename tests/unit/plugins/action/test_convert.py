@@ -20,14 +20,14 @@ DUMP_ID = 'c' * 32
 LABEL = 'IR-7'
 
 
-def collected_stream(tmp_path, fmt='live', content=None):
+def collected_stream(tmp_path, fmt='qemu-migration', content=None):
     """An incident whose custody log holds a verified live stream (written as QEMU writes one)."""
     data = content if content is not None else StreamWriter().page('pc.ram', 0x10000, page_of('low')).build()
     record = {'dump_id': DUMP_ID, 'vm': 'web01', 'state': 'completed', 'sha256': hashlib.sha256(data).hexdigest(),
-              'size_bytes': len(data), 'format': fmt, 'method': 'live' if fmt == 'live' else 'memory-only'}
+              'size_bytes': len(data), 'format': fmt, 'method': 'live' if fmt == 'qemu-migration' else 'memory-only'}
     incident = tmp_path / 'ev' / LABEL
     (incident / 'hv01').mkdir(parents=True)
-    rel = 'hv01/web01_%s.%s' % (DUMP_ID, 'qevm' if fmt == 'live' else 'elf')
+    rel = 'hv01/web01_%s.%s' % (DUMP_ID, 'qevm' if fmt == 'qemu-migration' else 'elf')
     (incident / rel).write_bytes(data)
     ctx = {'operator': 'alice'}
     with custody.CustodyLog(str(incident)) as log:
