@@ -17,7 +17,7 @@ import time
 import benchlib as b
 
 DOC = os.path.join(b.REPO, 'docs', 'performance.md')
-FIGURES = ['P1', 'P2', 'P3', 'P4', 'P5', 'P6', 'P7', 'P8', 'P9']
+FIGURES = ['P1', 'P2', 'P3', 'P4', 'P5', 'P6', 'P7', 'P8', 'P9', 'P10']
 
 
 def sh(cmd):
@@ -397,7 +397,25 @@ def p9_text(r):
     return out
 
 
-TEXT = {'P9': p9_text, 'P7': p7_text, 'P8': p8_text, 'P1': p1_text, 'P2': p2_text, 'P3': p3_text, 'P4': p4_text, 'P5': p5_text, 'P6': p6_text}
+def p10_text(r):
+    out = ['%d hosts (one memdump service each on its own loopback address, libvirt test driver, 2 VMs), forks %d, %d '
+           'repetitions alternating the variants: the orchestration cost of a fleet, not dump throughput (test-driver '
+           'images are 15 bytes). "by hand" is bench/playbooks/by_hand_fleet.yml (`virsh dump`, `sha256sum`, `fetch`).'
+           % (r['hosts'], r['forks'], r['reps']), '',
+           '| variant | run | wall per host median | controller CPU per host median | whole run wall median | hosts changed |',
+           '|---|---|---|---|---|---|']
+    for name, title in (('collection', 'vmforensics.memdump.acquire, collect=true'), ('by_hand', 'by hand')):
+        for kind in ('first', 'rerun'):
+            f = r['figures'][name][kind]
+            out.append('| %s | %s | %s | %s | %s | %s |' % (title, kind, sec(f['wall_per_host']['median']),
+                                                           sec(f['cpu_per_host']['median']), sec(f['wall']['median']),
+                                                           ', '.join(str(c) for c in f['changed_hosts'])))
+    out += ['', 'Controller CPU, collection / by hand: first run %s, re-run %s.' % (
+        r['cpu_ratio_collection_by_hand']['first'], r['cpu_ratio_collection_by_hand']['rerun'])]
+    return out
+
+
+TEXT = {'P10': p10_text, 'P9': p9_text, 'P7': p7_text, 'P8': p8_text, 'P1': p1_text, 'P2': p2_text, 'P3': p3_text, 'P4': p4_text, 'P5': p5_text, 'P6': p6_text}
 
 
 def headline(fid, r):
@@ -435,6 +453,11 @@ def headline(fid, r):
                 r['convert_mib_s']['median'], r['disk_read_mib_s']['median'], r['convert_vs_disk'],
                 sec(r['open_sec']['derived ELF']['median']), sec(r['open_sec']['live stream']['median']),
                 sec(r['open_sec']['memory-only ELF']['median']))
+        if fid == 'P10':
+            c, h = r['figures']['collection'], r['figures']['by_hand']
+            return 'CPU per host %s (by hand %s), re-run %s (by hand %s); %d hosts' % (
+                sec(c['first']['cpu_per_host']['median']), sec(h['first']['cpu_per_host']['median']),
+                sec(c['rerun']['cpu_per_host']['median']), sec(h['rerun']['cpu_per_host']['median']), r['hosts'])
         if fid == 'P6':
             p = r['phases']['dumping']
             return 'p99 %.1f ms (p50 %.1f ms; idle p99 %.1f ms)' % (p['p99'], p['median'], r['phases']['idle']['p99'])
@@ -464,11 +487,13 @@ def write():
               'P6': 'status latency, 200 concurrent clients, 2 dumps running',
               'P7': 'guest pause, live / memory-only dumps (1, 2, 4 GiB, idle and writing Linux guests)',
               'P8': 'collection throughput, memdump_collect / `curl -o`',
-              'P9': 'live dump → ELF conversion, and Volatility 3 on the derived ELF / stream / memory-only ELF (4.5 GiB guest)'}
+              'P9': 'live dump → ELF conversion, and Volatility 3 on the derived ELF / stream / memory-only ELF (4.5 GiB guest)',
+              'P10': 'a fleet of 50 hosts, 2 VMs each: acquisition with collection and a re-run, collection / by hand'}
     targets = {'P1': 'p50 ≤ 50 ms', 'P2': '≤ 3', 'P3': '≤ 1.10', 'P4': '≤ 1.02; down/not answering ≤ 1.05',
                'P5': '≤ 1 request per host per module', 'P6': 'p99 < 50 ms',
                'P7': 'live pause p50 ≤ 50 ms and live / memory-only ≤ 0.01 at 4 GiB', 'P8': '≥ 0.80, flat RSS',
-               'P9': 'conversion ≥ disk sequential read; derived ELF opens as fast as a memory-only ELF'}
+               'P9': 'conversion ≥ disk sequential read; derived ELF opens as fast as a memory-only ELF',
+               'P10': 'a re-run changes nothing; wall and controller CPU per host side by side'}
     for fid in FIGURES:
         out.append('| %s | %s | %s | %s | %s |' % (fid, titles[fid], targets[fid], headline(fid, results[fid]), verdict(results[fid])))
     out += ['', '## Conditions', '',
