@@ -54,6 +54,18 @@ def changed_hosts(res):
     return len([h for h, s in stats.items() if s.get('changed')])
 
 
+def virsh_retries(res):
+    """Dump attempts the by-hand playbook had to repeat (virsh hung after a test-driver dump, see the playbook)."""
+    retries = 0
+    for play in (res['json'] or {}).get('plays', []):
+        for task in play.get('tasks', []):
+            if task['task']['name'] != 'Dump each VM':
+                continue
+            for host in task['hosts'].values():
+                retries += sum(max(0, int(item.get('attempts', 1)) - 1) for item in host.get('results', []))
+    return retries
+
+
 def main():
     n = b.int_env('MEMDUMP_BENCH_P10_HOSTS', 50)
     reps = b.int_env('MEMDUMP_BENCH_P10_REPS', 2)
@@ -92,6 +104,8 @@ def main():
                         raise RuntimeError('%s %s: %s' % (name, kind, b.playbook_failure(res)))
                     res['changed_hosts'] = changed_hosts(res)
                     row = per_host(res, n)
+                    if name == 'by_hand':
+                        row['virsh_retries'] = virsh_retries(res)
                     runs[name][kind].append(row)
                     b.log('P10 %-10s %-5s wall %.1f s (%.3f s/host), CPU %.1f s (%.3f s/host), changed hosts %d'
                           % (name, kind, row['wall'], row['wall_per_host'], row['cpu'], row['cpu_per_host'], row['changed_hosts']))
