@@ -358,3 +358,11 @@ def test_collect_needs_collect_url_for_a_host_that_is_not_the_controller(run_pla
     assert 'set collect_url / memdump_acquire_collect_url (or MEMDUMP_COLLECT_URL) to the service\'s address as the ' \
            'controller reaches it' in res.stdout
     assert not (tmp_path / 'ev').exists()
+
+
+def test_verify_needs_the_evidence_directory_and_never_guesses_one(run_playbook, tmp_path):
+    home = tmp_path / 'home'
+    home.mkdir()
+    res = run_playbook('vmforensics.memdump.verify', extra_vars={'label': LABEL}, env={'HOME': str(home)})
+    assert res.rc != 0 and '-e evidence_dir=/srv/evidence' in res.stdout, res.stdout
+    assert not (home / 'memdump-evidence').exists()
