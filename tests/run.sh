@@ -5,7 +5,7 @@
 #   tests/run.sh all                 everything, as CI does
 #   tests/run.sh LAYER [args]        one layer against an already running stack (tests/stack/stack.sh up)
 #
-# Layers: service, pythons, units, integration, sanity, lint, molecule, build.
+# Layers: service, pythons, units, integration, sanity, core-oldest, core-newest, lint, molecule, build.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,6 +53,59 @@ collections_path() {
   echo "$root"
 }
 
+# X.Y of the venv's Python (ansible-test runs its tests with it).
+python_version() { python -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+# A venv of a layer's own, from a lock, with the service installed (editable) and the system's python3-libvirt;
+# rebuilt only when the lock changes. In tests/output/venvs/NAME (git-ignored, out of the tarball).
+layer_venv() {  # name lock
+  local dir=$repo/tests/output/venvs/$1 want
+  want=$(cat "$2" "$repo/service/pyproject.toml" /etc/debian_version | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir/.memdump-stamp" 2>/dev/null)" != "$want" ]; then
+    echo "creating the virtual environment $dir from ${2#"$repo"/} (pip's output: $dir/install.log)" >&2
+    rm -rf "$dir"
+    /usr/bin/python3 -m venv --system-site-packages "$dir" || return 1
+    {
+      "$dir/bin/pip" install --require-hashes --only-binary :all: -r "$2" &&
+      if grep -q "^fastapi==" "$2"; then "$dir/bin/pip" install --no-deps --no-build-isolation -e "$repo/service"; fi
+    } > "$dir/install.log" 2>&1 || { tail -20 "$dir/install.log" >&2; echo "venv install failed (see $dir/install.log)" >&2; return 1; }
+    echo "$want" > "$dir/.memdump-stamp"
+  fi
+  echo "$dir"
+}
+
+# The integration tests that run on the oldest and the newest ansible-core: every module through real
+# ansible-playbook against the real service (QEMU guests and the test driver, TLS, tokens), the acquire role and
+# playbook with the InfluxDB callback and the report playbook, the controller-side action plugins (collect with
+# resume, custody log, verify, delete). The rest (reliability, systemd hosts, molecule) runs on the 2.19 layers only.
+core_integration=(test_modules.py test_acquire_playbook.py test_custody.py)
+
+# ansible-test sanity (empty ignore files) and the integration subset with one ansible-core, in a venv of its own.
+core_layer() {  # name
+  local name=$1 venv rc=0; shift
+  venv=$(layer_venv "ansible-$name" "$repo/tests/requirements-ansible-$name.lock") || return 1
+  MEMDUMP_VENV=$venv bash "$stack" ansible-test-pip || return 1
+  log "ansible-core $("$venv/bin/python" -c 'import ansible; print(ansible.__version__)') on Python $("$venv/bin/python" --version | cut -d' ' -f2): sanity"
+  MEMDUMP_VENV=$venv bash "$repo/tests/run.sh" sanity || rc=1
+  log "ansible-core $name: integration tests ${core_integration[*]}"
+  MEMDUMP_VENV=$venv MEMDUMP_RESULTS_DIR=$results/core-$name bash "$repo/tests/run.sh" integration \
+    "${core_integration[@]/#/$repo/tests/integration/}" "$@" || rc=1
+  cp "$results/core-$name/integration.xml" "$results/core-$name.xml" 2>/dev/null || rc=1
+  return $rc
+}
+
+layer_core-oldest() { core_layer oldest "$@"; }
+
+# ansible-core 2.20 and later need Python 3.12 or later: a Debian 13 root (Python 3.13) on this machine's /tmp and
+# libvirtd, so the stack (guests, InfluxDB, the env file) is the one the other layers use.
+layer_core-newest() {
+  load_stack_env
+  mkdir -p "$results"
+  DEBIAN_ROOT_HOST_TMP=1 bash "$repo/tests/stack/debian_root.sh" run trixie \
+    env MEMDUMP_STACK_DIR="${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}" MEMDUMP_RESULTS_DIR="$results" \
+    bash "$repo/tests/run.sh" core-in-root newest "$@"
+}
+
 # One JUnit file, named for the layer, from several, so the summary can count the layer on its own.
 merge_junit() {  # out files...
   python - "$@" <<'PY'
@@ -88,8 +141,8 @@ layer_pythons() {
   mkdir -p "$results"
   for suite in ${MEMDUMP_PYTHONS_SUITES:-bullseye trixie}; do
     log "service tests on Debian $suite"
-    DEBIAN_ROOT_OUT=$results bash "$repo/tests/stack/debian_root.sh" run "$suite" \
-      bash /repo/tests/stack/service_tests_in_root.sh "pythons-$suite" "$@" || rc=1
+    bash "$repo/tests/stack/debian_root.sh" run "$suite" \
+      bash "$repo/tests/stack/service_tests_in_root.sh" "$results/pythons-$suite.xml" "$@" || rc=1
     if [ -f "$results/pythons-$suite.xml" ]; then xml+=("$results/pythons-$suite.xml"); else rc=1; fi
   done
   merge_junit "$results/pythons.xml" "${xml[@]}"
@@ -98,7 +151,7 @@ layer_pythons() {
 
 layer_units() {
   local dest rc; dest=$(collection_copy) || return 1
-  (cd "$dest" && ansible-test units --venv --python 3.11 --requirements "$@")
+  (cd "$dest" && ansible-test units --venv --python "$(python_version)" --requirements "$@")
   rc=$?
   mkdir -p "$results"
   if ! compgen -G "$dest/tests/output/junit/*.xml" >/dev/null; then
@@ -120,7 +173,7 @@ layer_sanity() {
   if compgen -G "$repo/tests/sanity/ignore-*.txt" >/dev/null; then
     echo "tests/sanity/ignore-*.txt must not exist: fix the code instead"; return 1
   fi
-  (cd "$dest" && ansible-test sanity --local --python 3.11 --requirements "$@") 2>&1 | tee "$dest/../sanity.log"
+  (cd "$dest" && ansible-test sanity --local --python "$(python_version)" --requirements "$@") 2>&1 | tee "$dest/../sanity.log"
   rc=${PIPESTATUS[0]}
   # ansible-test passes a sanity run that found nothing to check; that run tested nothing.
   if grep -q "All targets skipped" "$dest/../sanity.log"; then
@@ -187,11 +240,11 @@ cmd_all() {
   MEMDUMP_STACK_SYSTEMD_HOST=1 bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
   rm -rf "$results" "$repo"/tests/output/collection.*
   local layer ok failed_layers=() passed=0 failed=0 skipped=0 p f s lines=()
-  for layer in service pythons units integration sanity lint molecule build; do
+  for layer in service pythons units integration sanity core-oldest core-newest lint molecule build; do
     log "layer: $layer"
     if "layer_$layer"; then ok=1; else ok=0; fi
     case $layer in
-      service|pythons|units|integration)
+      service|pythons|units|integration|core-oldest|core-newest)
         # Every test case counts; a layer that failed without a failing case (a collection error,
         # nothing collected) counts as one failure, and one that passed without a case as one too.
         read -r p f s < <(junit_counts "$results/$layer.xml")
@@ -214,6 +267,7 @@ cmd_all() {
 
 case "${1:-all}" in
   all) cmd_all ;;
-  service|pythons|units|integration|sanity|lint|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
-  *) echo "usage: $0 [all|service|pythons|units|integration|sanity|lint|molecule|build] [args]" >&2; exit 2 ;;
+  service|pythons|units|integration|sanity|core-oldest|core-newest|lint|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
+  core-in-root) shift; core_layer "$@" ;;  # what core-newest runs inside its Debian 13 root
+  *) echo "usage: $0 [all|service|pythons|units|integration|sanity|core-oldest|core-newest|lint|molecule|build] [args]" >&2; exit 2 ;;
 esac
