@@ -58,7 +58,7 @@ bind() {  # source target [mount options...]
 }
 
 cmd_run() {  # suite cmd...
-  local suite=$1 repo; shift
+  local suite=$1 repo common; shift
   repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
   cmd_build "$suite"
   run_root=$(mktemp -d /var/tmp/memdump-debian-root.XXXXXX)
@@ -78,6 +78,9 @@ cmd_run() {  # suite cmd...
   fi
   # At its own path, so paths in results, collection links and the stack's env mean the same inside and out.
   bind "$repo" "$repo" --bind
+  # A git worktree's repository lives elsewhere (its .git is a file naming it): git in the root needs it too.
+  common=$(cd "$repo" && git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+  case $common in ""|"$repo"/*) ;; *) bind "$common" "$common" --bind -o ro ;; esac
   cp /etc/resolv.conf "$run_root/etc/resolv.conf"
   # This machine may reach the registries through its own certificate authority.
   cp /etc/ssl/certs/ca-certificates.crt "$run_root/etc/ssl/certs/ca-certificates.crt"
