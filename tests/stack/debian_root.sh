@@ -79,7 +79,7 @@ cmd_run() {  # suite cmd...
   # At its own path, so paths in results, collection links and the stack's env mean the same inside and out.
   bind "$repo" "$repo" --bind
   # A git worktree's repository lives elsewhere (its .git is a file naming it): git in the root needs it too.
-  common=$(cd "$repo" && git rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+  common=$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null) || common=""
   case $common in ""|"$repo"/*) ;; *) bind "$common" "$common" --bind -o ro ;; esac
   cp /etc/resolv.conf "$run_root/etc/resolv.conf"
   # This machine may reach the registries through its own certificate authority.
