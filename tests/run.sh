@@ -5,7 +5,7 @@
 #   tests/run.sh all                 everything, as CI does
 #   tests/run.sh LAYER [args]        one layer against an already running stack (tests/stack/stack.sh up)
 #
-# Layers: service, units, integration, sanity, lint, molecule, build.
+# Layers: service, pythons, units, integration, sanity, lint, molecule, build.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,6 +53,18 @@ collections_path() {
   echo "$root"
 }
 
+# One JUnit file, named for the layer, from several, so the summary can count the layer on its own.
+merge_junit() {  # out files...
+  python - "$@" <<'PY'
+import sys, xml.etree.ElementTree as ET
+merged = ET.Element('testsuites')
+for path in sys.argv[2:]:
+    root = ET.parse(path).getroot()
+    merged.extend([root] if root.tag == 'testsuite' else list(root))
+ET.ElementTree(merged).write(sys.argv[1])
+PY
+}
+
 run_pytest() {  # name paths...
   local name=$1 rc; shift
   mkdir -p "$results"
@@ -68,6 +80,22 @@ layer_service() {
   run_pytest service "$repo/service/tests" "$@"
 }
 
+# The service's own tests on the oldest and the newest Python it supports, each the distribution's Python with the
+# distribution's python3-libvirt, installed as the memdump_service role installs it: Debian 11 (Python 3.9 as on
+# RHEL 9, libvirt 7.0) and Debian 13 (Python 3.13, libvirt 11). The tests that need QEMU run in the `service` layer.
+layer_pythons() {
+  local suite rc=0 xml=()
+  mkdir -p "$results"
+  for suite in ${MEMDUMP_PYTHONS_SUITES:-bullseye trixie}; do
+    log "service tests on Debian $suite"
+    DEBIAN_ROOT_OUT=$results bash "$repo/tests/stack/debian_root.sh" run "$suite" \
+      bash /repo/tests/stack/service_tests_in_root.sh "pythons-$suite" "$@" || rc=1
+    if [ -f "$results/pythons-$suite.xml" ]; then xml+=("$results/pythons-$suite.xml"); else rc=1; fi
+  done
+  merge_junit "$results/pythons.xml" "${xml[@]}"
+  return $rc
+}
+
 layer_units() {
   local dest rc; dest=$(collection_copy) || return 1
   (cd "$dest" && ansible-test units --venv --python 3.11 --requirements "$@")
@@ -77,15 +105,7 @@ layer_units() {
     echo "layer units: ansible-test wrote no test results" >&2
     return 1
   fi
-  # One file, named for the layer, so the summary can count this layer on its own.
-  python - "$results/units.xml" "$dest"/tests/output/junit/*.xml <<'PY'
-import sys, xml.etree.ElementTree as ET
-merged = ET.Element('testsuites')
-for path in sys.argv[2:]:
-    root = ET.parse(path).getroot()
-    merged.extend([root] if root.tag == 'testsuite' else list(root))
-ET.ElementTree(merged).write(sys.argv[1])
-PY
+  merge_junit "$results/units.xml" "$dest"/tests/output/junit/*.xml
   return $rc
 }
 
@@ -167,11 +187,11 @@ cmd_all() {
   MEMDUMP_STACK_SYSTEMD_HOST=1 bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
   rm -rf "$results" "$repo"/tests/output/collection.*
   local layer ok failed_layers=() passed=0 failed=0 skipped=0 p f s lines=()
-  for layer in service units integration sanity lint molecule build; do
+  for layer in service pythons units integration sanity lint molecule build; do
     log "layer: $layer"
     if "layer_$layer"; then ok=1; else ok=0; fi
     case $layer in
-      service|units|integration)
+      service|pythons|units|integration)
         # Every test case counts; a layer that failed without a failing case (a collection error,
         # nothing collected) counts as one failure, and one that passed without a case as one too.
         read -r p f s < <(junit_counts "$results/$layer.xml")
@@ -194,6 +214,6 @@ cmd_all() {
 
 case "${1:-all}" in
   all) cmd_all ;;
-  service|units|integration|sanity|lint|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
-  *) echo "usage: $0 [all|service|units|integration|sanity|lint|molecule|build] [args]" >&2; exit 2 ;;
+  service|pythons|units|integration|sanity|lint|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
+  *) echo "usage: $0 [all|service|pythons|units|integration|sanity|lint|molecule|build] [args]" >&2; exit 2 ;;
 esac

@@ -8,13 +8,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from memdump_service import __version__, dumps, health
 from memdump_service.audit import AuditMiddleware
 from memdump_service.auth import credentials_of, guard
 from memdump_service.config import Settings
 from memdump_service.errors import BadRequest, error
+from memdump_service.hostcheck import HostCheck
 from memdump_service.jobs import JobManager
 
 LOG = logging.getLogger("memdump_service")
@@ -45,7 +45,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
     app.state.jobs = jobs
     app.state.credentials = credentials
     app.add_middleware(AuditMiddleware)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(HostCheck, hosts=hosts)
     app.add_exception_handler(BadRequest, bad_request)
     app.add_exception_handler(RequestValidationError, invalid_params)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -128,8 +128,11 @@ def serve(settings: Settings, app: t.Any) -> None:
              settings.header_timeout, settings.max_waiters)
     config = uvicorn.Config(app, host=host, port=port, http=guarded_protocol(settings.header_timeout, pending),
                             limit_concurrency=connections, backlog=backlog, timeout_keep_alive=5, log_level=settings.log_level.lower(),
-                            timeout_graceful_shutdown=10,
-                            ssl_context_factory=(lambda _config, _default: context) if context else None)
+                            timeout_graceful_shutdown=10)
+    # uvicorn builds a TLS context only from file names, with its own defaults: load the config, then hand it ours
+    # (uvicorn 0.39, the newest on Python 3.9, has no ssl_context_factory).
+    config.load()
+    config.ssl = context
     server = uvicorn.Server(config)
 
     async def serve_with_limits() -> None:
