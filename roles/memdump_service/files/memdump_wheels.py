@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from packaging.markers import Marker
+
 # manylinux_2_5 (manylinux1) is the oldest tag pip knows.
 OLDEST_GLIBC_MINOR = 5
 LEGACY_TAGS = {17: 'manylinux2014', 12: 'manylinux2010', 5: 'manylinux1'}
@@ -31,23 +33,35 @@ def normalize(name):
 
 
 def read_lock(path):
-    """{(name, version): {sha256, ...}} from a pip-compile --generate-hashes lock."""
+    """[(name, version, marker or None, {sha256, ...})] from a hashed lock (pip-compile or uv pip compile)."""
     with open(path, encoding='utf-8') as handle:
         text = handle.read().replace('\\\n', ' ')
-    entries = {}
+    entries = []
     for line in text.splitlines():
-        line = line.split('#', 1)[0].strip()
-        match = re.match(r'^([A-Za-z0-9._-]+)==([^\s;]+)', line)
-        if not match:
+        line = line.split(' #', 1)[0].strip()
+        match = re.match(r'^([A-Za-z0-9._-]+)==([^\s;]+)\s*(?:;\s*(.*?))?\s*(?=--hash|$)', line)
+        if not match or line.startswith('#'):
             continue
         hashes = set(re.findall(r'--hash=sha256:([0-9a-f]{64})', line))
         if not hashes:
             raise ValueError('%s: %s==%s has no --hash=sha256: a lock without hashes cannot be checked'
                              % (path, match.group(1), match.group(2)))
-        entries[(normalize(match.group(1)), match.group(2))] = hashes
+        entries.append((normalize(match.group(1)), match.group(2), match.group(3) or None, hashes))
     if not entries:
         raise ValueError('%s holds no pinned requirement' % path)
     return entries
+
+
+def for_target(entries, version, machine):
+    """The lock's entries a CPython of this version on Linux/machine installs.
+
+    pip download evaluates the environment markers with the controller's Python, not the target's (--python-version
+    does not change them), so the lock is narrowed here and given to pip without markers.
+    """
+    environment = {'python_version': version, 'python_full_version': version + '.0', 'implementation_name': 'cpython',
+                   'platform_python_implementation': 'CPython', 'sys_platform': 'linux', 'platform_system': 'Linux',
+                   'os_name': 'posix', 'platform_machine': machine}
+    return [entry for entry in entries if entry[2] is None or Marker(entry[2]).evaluate(environment)]
 
 
 def sha256(path):
@@ -58,9 +72,15 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def check(wheel_dir, lock):
-    """Names of the wheels in wheel_dir; raises ValueError for a file the lock does not name with that hash."""
+def check(wheel_dir, entries):
+    """Names of the wheels in wheel_dir; raises ValueError for a file the lock does not name with that hash, or a
+    locked requirement without its wheel."""
+    lock = dict(((name, version), hashes) for name, version, _marker, hashes in entries)
     names = sorted(os.listdir(wheel_dir))
+    missing = set(lock) - set((normalize(name.split('-')[0]), name.split('-')[1]) for name in names if name.count('-') >= 4)
+    if missing:
+        raise ValueError('%s lacks the wheels of %s: remove %s and run again'
+                         % (wheel_dir, ', '.join('%s==%s' % item for item in sorted(missing)), os.path.dirname(wheel_dir)))
     for name in names:
         parts = name.split('-')
         if not name.endswith('.whl') or len(parts) < 5:
@@ -90,23 +110,27 @@ def platforms(machine, glibc):
 
 
 def fetch(args):
-    lock = read_lock(args.lock)
-    with open(args.lock, 'rb') as handle:
-        lock_id = hashlib.sha256(handle.read()).hexdigest()[:16]
     version = args.python_version
     if not re.match(r'^3\.\d+$', version):
         raise ValueError('unexpected Python version %r' % version)
+    lock = for_target(read_lock(args.lock), version, args.machine)
+    with open(args.lock, 'rb') as handle:
+        lock_id = hashlib.sha256(handle.read()).hexdigest()[:16]
     target = os.path.join(args.cache, lock_id, 'cp%s-%s-glibc%s' % (version.replace('.', ''), args.machine, args.glibc))
     wheels = os.path.join(target, 'wheels')
     if os.path.isfile(os.path.join(target, 'complete')):
         return {'dir': target, 'changed': False, 'wheels': check(wheels, lock)}
     os.makedirs(args.cache, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix='download-', dir=args.cache)
+    requirements = scratch + '.txt'
+    with open(requirements, 'w', encoding='utf-8') as handle:
+        for name, pinned, _marker, hashes in lock:
+            handle.write('%s==%s %s\n' % (name, pinned, ' '.join('--hash=sha256:' + h for h in sorted(hashes))))
     try:
         command = [sys.executable, '-m', 'pip', 'download', '--quiet', '--disable-pip-version-check',
                    '--require-hashes', '--only-binary', ':all:', '--no-deps', '--dest', scratch,
                    '--implementation', 'cp', '--python-version', version, '--abi', 'cp%s' % version.replace('.', ''),
-                   '--abi', 'abi3', '--abi', 'none', '-r', args.lock]
+                   '--abi', 'abi3', '--abi', 'none', '-r', requirements]
         for tag in platforms(args.machine, args.glibc):
             command += ['--platform', tag]
         command += shlex.split(args.pip_args or '')
@@ -124,6 +148,7 @@ def fetch(args):
             handle.write('\n'.join(names) + '\n')
         return {'dir': target, 'changed': True, 'wheels': names}
     finally:
+        os.unlink(requirements)
         if os.path.isdir(scratch):
             shutil.rmtree(scratch)
 
