@@ -245,7 +245,7 @@ def test_a_redeploy_waits_for_the_running_dump(fleet, deployed):
         assert status == 200 and record['state'] == 'running', record
     finally:
         fleet.ssh(host, 'kill -CONT %s' % qemu, check=False)
-    rest, _ = proc.communicate(timeout=600)
+    rest = proc.communicate(timeout=600)[0]
     output = ''.join(seen) + rest
     assert proc.returncode == 0, output[-6000:]
     assert recap(output, host['name'])['changed'] > 0
@@ -257,4 +257,3 @@ def test_a_redeploy_waits_for_the_running_dump(fleet, deployed):
     # Put the fleet back as the other tests expect it.
     back = playbook(fleet, 'vmforensics.memdump.deploy_service', deploy_vars(fleet), limit=host['name'])
     assert back.returncode == 0, (back.stdout + back.stderr)[-6000:]
-
