@@ -19,7 +19,7 @@ CHILD = r'''
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import MemdumpClient
-from ansible_collections.vmforensics.memdump.plugins.module_utils import _custody
+from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custody_download as _custody
 client = MemdumpClient(url=sys.argv[2], token=sys.argv[3], timeout=600)
 t = time.monotonic()
 stats = _custody.download(lambda offset: client.open_file(sys.argv[4], offset), sys.argv[5], int(sys.argv[6]), sys.argv[7])

@@ -25,6 +25,15 @@ description:
   - The run point goes to C(<measurement>_run) (default C(memdump_run)) with the tag C(playbook) and
     the fields C(hosts), C(ok), C(changed), C(failed), C(unreachable) (numbers of hosts),
     C(duration_sec), C(dumps) and C(job_id) (the AWX job id, or the ansible-runner ident).
+  - The head of the custody log that a task of this collection returns as C(custody_head)
+    (V(vmforensics.memdump.memdump_collect), V(vmforensics.memdump.memdump_delete), V(vmforensics.memdump.memdump_verify))
+    goes to the measurement C(memdump_custody), whatever O(measurement) is (V(vmforensics.memdump.memdump_verify)
+    reads it there), with the tags C(label) (the log's incident label)
+    and C(host) (inventory host) and the fields C(seq) (integer) and C(hash) (string), timestamped when the task
+    returned it. This is a witness of the log's length kept where the controller cannot silently rewrite it.
+  - A point InfluxDB refuses as bad (HTTP 400 or 422, for a malformed line or a field type conflict) is dropped with
+    one warning (kept in a C(rejected-*) file in O(spool_dir), never sent again); other answers, 5xx and
+    timeouts leave the points in the spool for the next run.
   - Points are buffered and sent once, when the run ends, within O(timeout) seconds whatever InfluxDB
     does. If that fails, one warning is shown and the points are written to a spool file in
     O(spool_dir); the next run sends the spool first. The run itself never fails because of this callback.
@@ -34,8 +43,6 @@ description:
   - Tasks with C(no_log) are never recorded. Credentials are never shown and never spooled.
   - This callback must be enabled, for example with C(callbacks_enabled = vmforensics.memdump.influxdb)
     in C(ansible.cfg) or E(ANSIBLE_CALLBACKS_ENABLED=vmforensics.memdump.influxdb) (as in AWX).
-requirements:
-  - influxdb-client (Python library, on the controller)
 extends_documentation_fragment:
   - vmforensics.memdump.influxdb.callback
 options:
@@ -99,23 +106,23 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._influxdb import (
+    BAD_POINT_STATUSES,
+    CUSTODY_MEASUREMENT,
     DEFAULT_MEASUREMENT,
     InfluxDBError,
     InfluxDBv1,
+    line,
     ping,
     resolve_api,
     safe_url,
     write_v2,
 )
 
-try:
-    from influxdb_client import Point, WritePrecision
-    HAS_INFLUXDB_CLIENT = True
-except ImportError:
-    HAS_INFLUXDB_CLIENT = False
-
 MODULES = ('memdump_trigger', 'memdump_wait', 'memdump_info')
 ACTIONS = frozenset(['vmforensics.memdump.%s' % m for m in MODULES])
+# Tasks of this collection whose results may carry the custody log's head.
+COLLECTION = 'vmforensics.memdump.'
+SHA256_HEX = frozenset('0123456789abcdef')
 TAGS = ('vm', 'state', 'method', 'format', 'label')
 STRING_FIELDS = ('dump_id', 'sha256', 'dump_path', 'message')
 FLOAT_FIELDS = ('duration_sec', 'progress', 'paused_sec')
@@ -145,28 +152,50 @@ def point_time(record, seen_at):
     return seen_at
 
 
+def time_ns(moment):
+    """Nanoseconds since the epoch of an aware datetime."""
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 10 ** 9 + delta.microseconds * 1000
+
+
 def dump_point(measurement, host, record, seen_at):
-    """The line protocol of one dump record (influxdb-client's Point does the escaping)."""
-    point = Point(measurement).tag('host', host)
+    """The line protocol of one dump record."""
+    tags = dict(host=host)
     for tag in TAGS:
-        value = record.get(tag)
-        if value not in (None, ''):
-            point.tag(tag, to_text(value))
+        if record.get(tag) not in (None, ''):
+            tags[tag] = to_text(record[tag])
+    fields = {}
     for field in STRING_FIELDS:
-        value = record.get(field)
-        if value is not None:
-            point.field(field, to_text(value))
+        if record.get(field) is not None:
+            fields[field] = to_text(record[field])
     for field in FLOAT_FIELDS:
         value = record.get(field)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            point.field(field, float(value))
+            fields[field] = float(value)
     size = record.get('size_bytes')
     if isinstance(size, int) and not isinstance(size, bool):
-        point.field('size_bytes', size)
+        fields['size_bytes'] = size
     if record.get('host'):
-        point.field('service_host', to_text(record['host']))
-    point.time(point_time(record, seen_at), WritePrecision.NS)
-    return point.to_line_protocol()
+        fields['service_host'] = to_text(record['host'])
+    return line(measurement, tags, fields, time_ns(point_time(record, seen_at)))
+
+
+def custody_head_of(result):
+    """The ``custody_head`` ``{label, seq, hash}`` of a task result, or None when it has none that is well formed."""
+    head = result.get('custody_head') if isinstance(result, dict) else None
+    if not isinstance(head, dict):
+        return None
+    label, seq, digest = head.get('label'), head.get('seq'), head.get('hash')
+    if not isinstance(label, str) or not label or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        return None
+    if not isinstance(digest, str) or len(digest) != 64 or not SHA256_HEX.issuperset(digest):
+        return None
+    return {'label': label, 'seq': seq, 'hash': digest}
+
+
+def custody_point(host, head, at_ns):
+    """The line protocol of one custody head seen in a task result."""
+    return line(CUSTODY_MEASUREMENT, dict(label=head['label'], host=host), dict(seq=head['seq'], hash=head['hash']), at_ns)
 
 
 def job_id_from_env(environ=None):
@@ -188,6 +217,8 @@ class DumpBuffer(object):
     def __init__(self):
         self.records = {}
         self.order = []
+        # (inventory host, head, nanoseconds when seen), each distinct head once.
+        self.heads = []
 
     def add(self, host, record, seen_at=None):
         if not isinstance(record, dict) or not record.get('dump_id'):
@@ -201,26 +232,37 @@ class DumpBuffer(object):
         self.records[key]['record'] = merged
         return True
 
-    def add_result(self, host, result):
-        """Records the ``dumps`` of a task result (also of each loop item). Returns how many."""
+    def add_head(self, host, head):
+        """Records a custody head once per host; True if it was new."""
+        if head is None or any(seen_host == host and seen == head for seen_host, seen, dummy in self.heads):
+            return False
+        # Distinct timestamps: two heads of one log (one series) at the same instant would overwrite each other.
+        at_ns = max([time.time_ns()] + [at + 1 for dummy, dummy2, at in self.heads])
+        self.heads.append((host, head, at_ns))
+        return True
+
+    def add_result(self, host, result, dumps=True):
+        """Records the ``dumps`` (with dumps) and the ``custody_head`` of a task result, also of each loop
+        item. Returns how many."""
         count = 0
         if not isinstance(result, dict):
             return 0
-        for dump in result.get('dumps') or []:
-            count += self.add(host, dump)
-        for item in result.get('results') or []:
-            if isinstance(item, dict) and not item.get('_ansible_no_log'):
+        items = [result] + [item for item in result.get('results') or []
+                            if isinstance(item, dict) and not item.get('_ansible_no_log')]
+        for item in items:
+            if dumps:
                 for dump in item.get('dumps') or []:
                     count += self.add(host, dump)
+            count += self.add_head(host, custody_head_of(item))
         return count
 
     def lines(self, measurement):
-        return [dump_point(measurement, host, self.records[(host, dump_id)]['record'],
-                           self.records[(host, dump_id)]['seen_at'])
-                for host, dump_id in self.order]
+        dumps = [dump_point(measurement, host, self.records[(host, dump_id)]['record'], self.records[(host, dump_id)]['seen_at'])
+                 for host, dump_id in self.order]
+        return dumps + [custody_point(host, head, at_ns) for host, head, at_ns in self.heads]
 
     def __len__(self):
-        return len(self.order)
+        return len(self.order) + len(self.heads)
 
 
 def encode_spooled(lines):
@@ -413,10 +455,6 @@ class CallbackModule(CallbackBase):
         self.spool_path = None
         self.probe = None
         self._atexit = False
-        if not HAS_INFLUXDB_CLIENT:
-            self.disabled = True
-            self._display.warning('The vmforensics.memdump.influxdb callback needs the Python library influxdb-client '
-                                  'on the controller (pip install influxdb-client); nothing is recorded in InfluxDB.')
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -485,12 +523,12 @@ class CallbackModule(CallbackBase):
         try:
             task = result._task
             action = getattr(task, 'resolved_action', None) or task.action
-            if action not in ACTIONS:
+            if not to_text(action).startswith(COLLECTION):
                 return
             raw = result._result
             if task.no_log or (isinstance(raw, dict) and raw.get('_ansible_no_log')):
                 return
-            if self.buffer.add_result(result._host.get_name(), raw) and not self._atexit:
+            if self.buffer.add_result(result._host.get_name(), raw, dumps=action in ACTIONS) and not self._atexit:
                 atexit.register(self._spool_unsent)
                 self._atexit = True
         except Exception as err:  # pylint: disable=broad-except
@@ -528,18 +566,9 @@ class CallbackModule(CallbackBase):
                 counts['ok'] += 1
             if summary.get('changed'):
                 counts['changed'] += 1
-        point = Point(self.settings['measurement'] + '_run')
-        if self.playbook:
-            point.tag('playbook', self.playbook)
-        for name, value in counts.items():
-            point.field(name, value)
-        point.field('dumps', len(self.buffer))
-        point.field('duration_sec', float(round(time.monotonic() - self.started_monotonic, 3)))
-        job_id = job_id_from_env()
-        if job_id:
-            point.field('job_id', job_id)
-        point.time(int(self.started * 1e9), WritePrecision.NS)
-        return point.to_line_protocol()
+        fields = dict(counts, dumps=len(self.buffer.order),
+                      duration_sec=float(round(time.monotonic() - self.started_monotonic, 3)), job_id=job_id_from_env())
+        return line(self.settings['measurement'] + '_run', dict(playbook=self.playbook), fields, int(self.started * 1e9))
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -605,9 +634,10 @@ class CallbackModule(CallbackBase):
                     self._display.v('vmforensics.memdump.influxdb: delivered %d spooled points' % len(old_lines))
                 return
             self.last_error = error
-            if status == 400:
+            if status in BAD_POINT_STATUSES:
                 # InfluxDB wrote every valid point of the batch and refused the rest (field type conflict,
-                # bad line): sending them again can never succeed, so they are kept aside, not replayed.
+                # bad line; 400 from 1.x, 422 from 2.x): sending them again can never succeed, so they are
+                # kept aside, not replayed.
                 path = spool.keep_rejected(all_lines)
                 spool.remove(old_files)
                 self.spool_path = path

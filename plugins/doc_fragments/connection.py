@@ -8,13 +8,18 @@ from __future__ import annotations
 
 class ModuleDocFragment(object):
 
-    # The connection options of every module (argument spec: plugins/module_utils/_module.py).
+    # The host-side connection options of every member of the action group (argument spec:
+    # plugins/module_utils/_connection_options.py, HOST_OPTIONS).
     DOCUMENTATION = r'''
 options:
   url:
     description:
-      - Base URL of the memdump service, for example V(https://hv01.example.com:5001).
+      - Base URL of the memdump service as the libvirt host reaches it, for example V(https://hv01.example.com:5001);
+        by default the service on the host's loopback.
       - If not set, the environment variable E(MEMDUMP_SERVICE_URL) is used.
+      - The address the controller downloads from is a separate option, C(collect_url), of the
+        controller-side plugins; this one can always be set in C(module_defaults) for
+        C(group/vmforensics.memdump.memdump).
     type: str
     default: http://127.0.0.1:5001
   token:
@@ -41,7 +46,8 @@ options:
     default: true
   ca_path:
     description:
-      - PEM file of the CA certificate(s) that signed the service's TLS certificate.
+      - PEM file of the CA certificate(s) that signed the service's TLS certificate, a path on the
+        host where the module runs (the hypervisor).
     type: path
 notes:
   - The environment variables E(MEMDUMP_SERVICE_URL), E(MEMDUMP_SERVICE_TOKEN) and

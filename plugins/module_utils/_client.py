@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 from ansible.module_utils.common.text.converters import to_native, to_text
 from ansible.module_utils.urls import Request, ConnectionError as UrlsConnectionError, SSLValidationError
 
-DEFAULT_URL = 'http://127.0.0.1:5001'
-DEFAULT_TIMEOUT = 30.0
+from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import DEFAULT_TIMEOUT, DEFAULT_URL
+
 TERMINAL_STATES = ('completed', 'failed')
 PENDING_STATES = ('queued', 'running')
 STATES = PENDING_STATES + TERMINAL_STATES
@@ -99,12 +99,21 @@ def marker_of(answer):
 class MemdumpClient(object):
     """Talks JSON to one memdump service. Every method raises a :class:`MemdumpError` subclass."""
 
-    def __init__(self, url=None, token=None, timeout=None, validate_certs=True, ca_path=None):
+    # How a failure message names the options to change: the host-side set by default, the
+    # controller-side set (collect_*) when the client downloads to the controller.
+    HOST_HINTS = {'url': 'url (or MEMDUMP_SERVICE_URL)', 'token': 'token or MEMDUMP_SERVICE_TOKEN',
+                  'ca_path': 'ca_path', 'validate_certs': 'validate_certs: false'}
+    COLLECT_HINTS = {'url': 'collect_url (or MEMDUMP_COLLECT_URL)',
+                     'token': 'collect_token or MEMDUMP_COLLECT_TOKEN (else token)',
+                     'ca_path': 'collect_ca_path', 'validate_certs': 'collect_validate_certs: false'}
+
+    def __init__(self, url=None, token=None, timeout=None, validate_certs=True, ca_path=None, hints=None):
         self.url = (url or DEFAULT_URL).rstrip('/')
         self.token = token or None
         self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
         self.validate_certs = validate_certs
         self.ca_path = ca_path
+        self.hints = hints or self.HOST_HINTS
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -144,8 +153,8 @@ class MemdumpClient(object):
             detail = _detail_of(raw)
             if e.code == 401:
                 raise MemdumpAuthError(
-                    'the memdump service at %s rejected the request (HTTP 401: %s): set token or MEMDUMP_SERVICE_TOKEN '
-                    'to the service\'s bearer token' % (self.url, detail or 'unauthorized'),
+                    'the memdump service at %s rejected the request (HTTP 401: %s): set %s '
+                    'to the service\'s bearer token' % (self.url, detail or 'unauthorized', self.hints['token']),
                     url=url, status=401, detail=detail)
             if 300 <= e.code < 400:
                 detail = ('the answer redirects to %s, which is not followed (the token is sent only to %s): check url'
@@ -157,11 +166,12 @@ class MemdumpClient(object):
             reason = getattr(e, 'reason', None) or e
             if isinstance(e, SSLValidationError) or isinstance(reason, ssl.SSLCertVerificationError):
                 raise MemdumpTLSError(
-                    'the TLS certificate of the memdump service at %s is not trusted (%s): set ca_path to the CA '
-                    'that signed it (or validate_certs: false on a trusted network)' % (self.url, to_text(reason)), url=url)
+                    'the TLS certificate of the memdump service at %s is not trusted (%s): set %s to the CA '
+                    'that signed it (or %s on a trusted network)'
+                    % (self.url, to_text(reason), self.hints['ca_path'], self.hints['validate_certs']), url=url)
             raise MemdumpConnectionError(
-                'cannot reach the memdump service at %s (%s %s): %s; check url (or MEMDUMP_SERVICE_URL) and that '
-                'the service is running' % (self.url, method, path, to_text(reason)), url=url)
+                'cannot reach the memdump service at %s (%s %s): %s; check %s and that '
+                'the service is running' % (self.url, method, path, to_text(reason), self.hints['url']), url=url)
 
     def request(self, method, path, query=None, body=None, timeout=None, auth=True):
         """One HTTP request; returns ``(status, parsed JSON or None)``.
@@ -297,10 +307,15 @@ class MemdumpClient(object):
         dummy, answer = self.request('DELETE', '/api/dumps/%s' % dump_id)
         return answer if isinstance(answer, dict) else {}
 
-    def mark_collected(self, dump_id, sha256):
+    def mark_collected(self, dump_id, sha256, custody_head=None):
         """``POST /api/dumps/{dump_id}/collected``: tells the service that the image was collected and
-        verified with this SHA-256, so that its retention may remove it; returns the record."""
-        dummy, answer = self.request('POST', '/api/dumps/%s/collected' % dump_id, body={'sha256': sha256})
+        verified with this SHA-256 (its retention may then remove it) and, with ``custody_head``
+        (``{label, seq, hash}``), where the controller's custody log stood, which the service keeps as a
+        witness; returns the record."""
+        body = {'sha256': sha256}
+        if custody_head:
+            body['custody_head'] = custody_head
+        dummy, answer = self.request('POST', '/api/dumps/%s/collected' % dump_id, body=body)
         return answer if isinstance(answer, dict) else {}
 
     def open_file(self, dump_id, offset=0, timeout=None):

@@ -6,16 +6,16 @@
 """The one InfluxDB client of the collection. For internal collection use only.
 
 Used by the ``vmforensics.memdump.influxdb`` callback (on the controller) and by the
-``vmforensics.memdump.memdump_records`` module. InfluxDB 1.x API (``/write``, ``/query``; also the
-v1 compatibility API of InfluxDB 2.x/3.x) over ``ansible.module_utils.urls``, so the module needs no
-extra library; the InfluxDB 2.x write API through influxdb-client's synchronous write API (imported
-only when used, on the controller).
+``vmforensics.memdump.memdump_records`` module. One HTTP stack, ``ansible.module_utils.urls``, for
+everything: the InfluxDB 1.x API (``/write``, ``/query``; also the v1 compatibility API of InfluxDB
+2.x/3.x), the InfluxDB 2.x write API (``/api/v2/write``) and ``/ping``; and one line-protocol writer
+(:func:`line`), so neither the module nor the callback needs a library beyond ansible-core.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 
 from ansible.module_utils.basic import env_fallback
 from ansible.module_utils.common.text.converters import to_native, to_text
@@ -24,8 +24,70 @@ from ansible.module_utils.six.moves.urllib.parse import urlencode, urlsplit, url
 from ansible.module_utils.urls import open_url
 
 DEFAULT_MEASUREMENT = 'memdump'
+# Where the callback writes custody heads and memdump_verify reads them (whatever the dump measurement is).
+CUSTODY_MEASUREMENT = 'memdump_custody'
 DEFAULT_TIMEOUT = 5
 API_CHOICES = ('auto', 'v1', 'v2')
+
+# HTTP statuses with which InfluxDB refuses points themselves (a bad line, a field type conflict, a point
+# outside the retention period: 400 from 1.x, 400 or 422 from 2.x): sending them again never succeeds.
+BAD_POINT_STATUSES = (400, 422)
+
+# Line protocol escaping (https://docs.influxdata.com/influxdb/v1/write_protocols/line_protocol_reference/):
+# a measurement escapes commas and spaces; tag keys, tag values and field keys also equals signs; string field
+# values double quotes and backslashes. Line breaks and tabs become their escape sequences, so that no value
+# can end a line and start another point.
+_BREAKS = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
+_ESCAPE_MEASUREMENT = dict(_BREAKS, **{',': '\\,', ' ': '\\ '})
+_ESCAPE_KEY = dict(_ESCAPE_MEASUREMENT, **{'=': '\\='})
+_ESCAPE_STRING = {'"': '\\"', '\\': '\\\\'}
+
+
+def _escape(text, table):
+    return ''.join(table.get(char, char) for char in to_text(text))
+
+
+def _field_value(value):
+    """A field value in line protocol, or None for one that cannot be written (NaN, infinity, other types)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, int):
+        return '%di' % value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return None
+        text = repr(value)
+        # A whole number needs no ".0" (a number without the "i" suffix is a float in line protocol).
+        return text[:-2] if text.endswith('.0') else text
+    if isinstance(value, str):
+        return '"%s"' % _escape(value, _ESCAPE_STRING)
+    return None
+
+
+def line(measurement, tags, fields, time_ns):
+    """One point in line protocol: tags (empty values left out) and fields (None and unwritable values left
+    out) sorted by key, an integer timestamp in nanoseconds. ValueError when no field is left (InfluxDB
+    refuses a point without fields)."""
+    head = _escape(measurement, _ESCAPE_MEASUREMENT)
+    for key in sorted(tags):
+        value = tags[key]
+        if value in (None, '') or key == '':
+            continue
+        text = _escape(value, _ESCAPE_KEY)
+        if text.endswith('\\'):
+            # A trailing backslash would escape the separator after it: end the value with an escaped space.
+            text += ' '
+        head += ',%s=%s' % (_escape(key, _ESCAPE_KEY), text)
+    written = []
+    for key in sorted(fields):
+        value = fields[key]
+        text = None if value is None else _field_value(value)
+        if text is not None:
+            written.append('%s=%s' % (_escape(key, _ESCAPE_KEY), text))
+    if not written:
+        raise ValueError('a point of %s needs at least one field' % measurement)
+    return '%s %s %d' % (head, ','.join(written), int(time_ns))
+
 
 # One table for the connection settings: option name -> environment variables, in order of
 # precedence. The doc fragment ``vmforensics.memdump.influxdb`` documents the same names.
@@ -252,30 +314,33 @@ def series_rows(results):
 
 
 def write_v2(url, org, bucket, token, lines, timeout=DEFAULT_TIMEOUT, validate_certs=True, ca_path=None, precision='ns'):
-    """Writes line-protocol lines through influxdb-client's synchronous write API (controller only)."""
+    """Writes line-protocol lines through the InfluxDB 2.x write API (``POST /api/v2/write``)."""
     if not (url and org and bucket and token):
         raise InfluxDBError('the InfluxDB v2 API needs url, org, bucket and token '
                             '(MEMDUMP_INFLUXDB_URL, MEMDUMP_INFLUXDB_ORG, MEMDUMP_INFLUXDB_BUCKET, MEMDUMP_INFLUXDB_TOKEN)')
-    try:
-        from influxdb_client import InfluxDBClient  # pylint: disable=import-outside-toplevel
-        from influxdb_client.client.write_api import SYNCHRONOUS  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise InfluxDBError('the InfluxDB v2 API needs the Python library influxdb-client on the controller '
-                            '(pip install influxdb-client)')
-    kwargs = dict(url=url, token=token, org=org, timeout=int(float(timeout) * 1000), verify_ssl=validate_certs,
-                  retries=False, enable_gzip=False)
+    if not lines:
+        return
+    base = url.rstrip('/')
+    where = 'POST %s/api/v2/write' % safe_url(base)
+    target = '%s/api/v2/write?%s' % (base, urlencode({'org': org, 'bucket': bucket, 'precision': precision}))
+    kwargs = dict(method='POST', data=('\n'.join(lines) + '\n').encode('utf-8'), timeout=timeout,
+                  headers={'Content-Type': 'text/plain; charset=utf-8', 'Authorization': 'Token %s' % token},
+                  validate_certs=validate_certs, follow_redirects='safe')
     if ca_path:
-        kwargs['ssl_ca_cert'] = ca_path
-    where = 'POST %s/api/v2/write' % safe_url(url)
+        kwargs['ca_path'] = ca_path
     try:
-        with InfluxDBClient(**kwargs) as client:
-            writer = client.write_api(write_options=SYNCHRONOUS)
-            writer.write(bucket=bucket, org=org, record=list(lines), write_precision=precision)
-    except Exception as err:  # ApiException, urllib3 errors, timeouts
-        status = getattr(err, 'status', None)
-        reason = getattr(err, 'message', None) or getattr(err, 'reason', None) or to_native(err)
-        reason = re.sub(r'(?i)(token\s+)\S+', r'\1<hidden>', to_native(reason))
-        if token:
-            reason = reason.replace(token, '<hidden>')
-        raise InfluxDBError('InfluxDB %s failed: %s%s' % (where, 'HTTP %s: ' % status if status else '', reason),
-                            status=status)
+        _fetch(target, where, **kwargs)
+    except HTTPError as err:
+        # InfluxDB 2.x answers {"code": ..., "message": ...}; the token never appears in it or here.
+        text = _error_text(err)
+        try:
+            data = json.loads(text)
+            if isinstance(data, dict) and data.get('message'):
+                text = to_text(data['message'])
+        except ValueError:
+            pass
+        hint = '; check token (MEMDUMP_INFLUXDB_TOKEN) and org' if err.code in (401, 403) else ''
+        if err.code == 404:
+            hint = '; do org %r and bucket %r exist (InfluxDB 1.x has no v2 API before 1.8: set api: v1)?' % (org, bucket)
+        raise InfluxDBError('InfluxDB %s answered HTTP %s: %s%s' % (where, err.code, text.replace(token, '<hidden>'), hint),
+                            status=err.code)

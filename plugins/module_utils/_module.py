@@ -3,43 +3,23 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Base module class and argument spec of the connection options (doc fragment ``vmforensics.memdump.connection``).
+"""Base module class of the collection (connection options: ``_connection_options.py``).
 
 For internal collection use only: this is not a public API and may change without notice.
 """
 
 from __future__ import annotations
 
-import copy
 import gc
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
-    MemdumpClient,
-    MemdumpError,
+from ansible_collections.vmforensics.memdump.plugins.module_utils._client import MemdumpClient, MemdumpError
+from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import (  # noqa: F401  pylint: disable=unused-import
+    HOST_OPTIONS as CONNECTION_ARGSPEC,
+    generate_argspec,
 )
-
-# The connection options of every module, defined once. The per-request limit is
-# ``request_timeout`` everywhere; no module has an option called ``timeout``, so a group
-# ``module_defaults`` entry can never be read as memdump_wait's deadline (``wait_timeout``).
-CONNECTION_ARGSPEC = dict(
-    url=dict(type='str', default=DEFAULT_URL, fallback=(env_fallback, ['MEMDUMP_SERVICE_URL'])),
-    token=dict(type='str', no_log=True, fallback=(env_fallback, ['MEMDUMP_SERVICE_TOKEN'])),
-    request_timeout=dict(type='float', default=DEFAULT_TIMEOUT, fallback=(env_fallback, ['MEMDUMP_SERVICE_TIMEOUT'])),
-    validate_certs=dict(type='bool', default=True),
-    ca_path=dict(type='path'),
-)
-
-
-def generate_argspec(**extra):
-    """The connection options merged with a module's own options (``extra`` wins on a clash)."""
-    spec = copy.deepcopy(CONNECTION_ARGSPEC)
-    spec.update(extra)
-    return spec
 
 
 class MemdumpModule(AnsibleModule):

@@ -17,17 +17,31 @@ description:
   - Runs on the controller (an action plugin). For one completed dump, appends the custody events of
     the acquisition to C(<evidence_dir>/<label>/custody.jsonl) and, with O(download=true), downloads the
     image from the service to C(<evidence_dir>/<label>/<host>/<vm>_<dump id>.<ext>).
-  - The path is built from the B(requested) VM name O(vm) (1-128 characters of C([A-Za-z0-9._-]),
-    starting with a letter or digit) and the dump id (32 hex characters); other names are refused. The
-    service's record must name the same VM and dump id and be C(completed), else the task fails and
-    nothing is written.
+  - The image is downloaded from O(collect_url), the service as the controller reaches it. The host-side
+    options (O(url), O(token), ...) are accepted so that C(module_defaults) for the action group works;
+    O(url) is used for the download only when the task's host is the controller itself, and O(token)
+    when O(collect_token) is not set.
+  - The file name is built from the B(requested) VM name O(vm) in a reversible, file-name-safe encoding
+    (percent-encoding of every byte outside C(A-Z a-z 0-9 _ -) and of a leading C(.), so C(Web Server 2)
+    becomes C(Web%20Server%202); a name whose encoding is longer than 200 bytes is shortened to its start,
+    C(~) and a hash) and the dump id; the custody log keeps the true name. Every VM name the service accepts
+    can be collected. The file extension of each format and the label rule come from what the service
+    publishes in C(/health) (C(rules)); for an older service that does not, its documented defaults are
+    used and the task warns. The service's record must name the same VM and dump id and be C(completed),
+    else the task fails and nothing is written.
   - The download streams in 1 MiB chunks (memory stays flat) through C(<file>.part) in the same
     directory, hashing while it receives; a cut connection is resumed with C(Range) up to O(retries)
     times. The file gets its final name (mode C(0400), directories C(0700)) only when its size and
     SHA-256 equal the service's record and its C(X-Memdump-SHA256) header; a body longer or shorter
     than announced fails. Redirects are refused, so the token never goes to another host.
   - An existing evidence file is never overwritten; one with the same size and SHA-256 is verified
-    and reused (no download).
+    and reused (no download). A failure at any point (also of the evidence file system, for example one
+    without hard links, or a full disk) fails the task with the file and what to do; what it leaves
+    (a C(.part)) is resumed by the next run, never in its way.
+  - After the download the service is told that the image was collected, together with the custody log's
+    chain head C({label, seq, hash}), which the service keeps as a witness (C(custody_heads) in the dump's
+    record) so that M(vmforensics.memdump.memdump_verify) can detect a log whose tail was cut. A service
+    that does not list the feature is not sent the head (a warning says so).
   - Events (one JSON line each, hash-chained, signed with O(signing_key) in OpenSSH's SSHSIG format,
     namespace C(memdump-custody)) are C(acquired), C(collected) and C(verified) (the file re-hashed
     from disk under its final name). Each is appended once per dump, so a re-run appends nothing and
@@ -37,6 +51,8 @@ description:
 author:
   - vmforensics maintainers (@vmforensics)
 extends_documentation_fragment:
+  - vmforensics.memdump.connection
+  - vmforensics.memdump.collect_connection
   - vmforensics.memdump.attributes
   - vmforensics.memdump.attributes.actiongroup
   - ansible.builtin.action_common_attributes.flow
@@ -56,26 +72,6 @@ attributes:
   bypass_host_loop:
     support: none
 options:
-  url:
-    description:
-      - Base URL of the memdump service as the controller reaches it.
-      - If not set, the controller's environment variable E(MEMDUMP_SERVICE_URL), else V(http://127.0.0.1:5001).
-    type: str
-  token:
-    description:
-      - Bearer token of the service. If not set, the controller's E(MEMDUMP_SERVICE_TOKEN).
-    type: str
-  request_timeout:
-    description: Timeout in seconds of each HTTP request (also of each read of the download).
-    type: float
-    default: 30
-  validate_certs:
-    description: Validate the service's TLS certificate.
-    type: bool
-    default: true
-  ca_path:
-    description: PEM file of the CA that signed the service's certificate.
-    type: path
   evidence_dir:
     description: The evidence directory on the controller; the incident's directory is C(<evidence_dir>/<label>).
     type: path
@@ -141,7 +137,8 @@ seealso:
 EXAMPLES = r'''
 - name: Collect the completed dumps to the controller
   vmforensics.memdump.memdump_collect:
-    url: https://hv01.example.com:5001
+    collect_url: https://hv01.example.com:5001
+    collect_ca_path: /etc/memdump/ca.pem
     token: "{{ memdump_service_token }}"
     evidence_dir: /srv/evidence
     label: IR-2026-042
@@ -213,6 +210,21 @@ marked_collected:
   sample: true
 signed:
   description: Whether the events were signed.
+  returned: always
+  type: bool
+custody_head:
+  description:
+    - The custody log's chain head after this task, C(label), C(seq) (of the last event) and C(hash) (hex
+      SHA-256 of its line). The InfluxDB callback records it (measurement C(memdump_custody)).
+  returned: always
+  type: dict
+  sample: {label: IR-2026-042, seq: 2, hash: 5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592}
+witnessed_by_service:
+  description: Whether the service now keeps RV(custody_head) as a witness.
+  returned: when O(download=true) and not in check mode
+  type: bool
+rules_published:
+  description: Whether the service published its rules in C(/health) (else its documented defaults were used).
   returned: always
   type: bool
 '''

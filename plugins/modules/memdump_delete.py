@@ -13,10 +13,18 @@ version_added: 0.1.0
 description:
   - Deletes the image of one completed dump on the service host through C(DELETE /api/dumps/{id});
     the service keeps the record (C(file_deleted=true)).
-  - With O(evidence_dir) and O(label) (what role vmforensics.memdump.memdump_acquire passes), the
-    action plugin on the controller first requires a C(verified) event of this dump in the incident's
-    custody log, passes the verified SHA-256 as O(sha256), and after the deletion appends a
-    C(deleted_from_host) event (signed with O(signing_key)). Without a verified collection nothing is deleted.
+  - With O(evidence_dir) and O(label) (what role vmforensics.memdump.memdump_acquire passes) the
+    deletion is a recorded transaction, run by the action plugin on the controller. First the image's
+    collection is verified in full, as M(vmforensics.memdump.memdump_verify) does for one image - the
+    custody log's chain, every signature against O(allowed_signers) when given (else the signatures are
+    not checked and the events say so), and a re-hash of the controller's copy - and the log must hold a
+    C(verified) event of this dump from this O(host). Then a signed C(deleting) event (the intent) is
+    appended, the module deletes on the host, and the outcome is appended, C(deleted_from_host) or
+    C(delete_failed). If the run stops in between, the log shows the intent without an outcome and the
+    next run completes it (an image already gone is recorded as such).
+  - Without O(evidence_dir), O(sha256) is required; the service deletes only an image whose recorded
+    SHA-256 is that one, nothing is recorded, and the task warns. Use this only for a copy you verified
+    yourself.
   - The module refuses to delete when the service's record names another VM than O(vm), has another
     SHA-256 than O(sha256), or is not C(completed) (a queued dump would be cancelled, a running one cannot be).
   - An image already deleted is not a change.
@@ -48,9 +56,8 @@ options:
     type: str
   evidence_dir:
     description:
-      - The controller's evidence directory. With O(label), the deletion needs a C(verified) event of
-        the dump in C(<evidence_dir>/<label>/custody.jsonl) and is recorded there. Used by the action plugin
-        on the controller.
+      - The controller's evidence directory. With O(label), the deletion needs a verified collection of
+        the dump in C(<evidence_dir>/<label>/custody.jsonl) and is recorded there (intent and outcome).
     type: path
   label:
     description: The incident label (with O(evidence_dir)).
@@ -58,11 +65,26 @@ options:
   host:
     description: The host's name in the custody log; defaults to C(inventory_hostname).
     type: str
+  allowed_signers:
+    description:
+      - OpenSSH allowed-signers file against which the custody log's signatures are verified before the
+        deletion. Without it the signatures are not checked (the C(deleting) event records
+        C(signatures_checked=false)); the chain and the image's hash always are.
+    type: path
+  allow_unsigned:
+    description:
+      - Accept unsigned events in the custody log when O(allowed_signers) is given (without it no signature is
+        checked, and unsigned events are accepted too).
+    type: bool
+    default: false
   signing_key:
-    description: OpenSSH private key that signs the C(deleted_from_host) event (see M(vmforensics.memdump.memdump_collect)).
+    description: OpenSSH private key that signs the events (see M(vmforensics.memdump.memdump_collect)).
     type: path
   operator:
     description: Who deletes; defaults to the AWX user, else the controller's user.
+    type: str
+  collection_version:
+    description: Recorded in the events; defaults to this collection's version.
     type: str
 seealso:
   - module: vmforensics.memdump.memdump_collect
@@ -91,9 +113,23 @@ deleted:
   returned: always
   type: bool
 event:
-  description: The C(seq) of the C(deleted_from_host) event appended to the custody log, if any.
+  description: The C(seq) of the outcome event (C(deleted_from_host) or C(delete_failed)) appended to the custody log.
   returned: when recorded
   type: int
+intent:
+  description: The C(seq) of the C(deleting) event this deletion completes.
+  returned: when recorded
+  type: int
+checked:
+  description:
+    - What was verified before the deletion - C(chain_events), C(signatures_verified), C(signatures_not_checked),
+      C(signers), C(images_rehashed).
+  returned: with O(evidence_dir)
+  type: dict
+custody_head:
+  description: The custody log's chain head C({label, seq, hash}) after this task.
+  returned: with O(evidence_dir)
+  type: dict
 '''
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
@@ -130,8 +166,11 @@ def main():
             evidence_dir=dict(type='path'),
             label=dict(type='str'),
             host=dict(type='str'),
+            allowed_signers=dict(type='path'),
+            allow_unsigned=dict(type='bool', default=False),
             signing_key=dict(type='path', no_log=False),
             operator=dict(type='str'),
+            collection_version=dict(type='str'),
         ),
         required_together=[('evidence_dir', 'label')],
         supports_check_mode=True,

@@ -14,7 +14,8 @@ description:
   - Asks the memdump service on a libvirt host to dump the memory of one or more virtual machines.
   - Idempotent per VM, following the service's reuse rules, which the service alone applies; the
     module sends one request and reports what the service answers. A VM with a dump in flight
-    (C(queued) or C(running)) gets that dump back, never a second one. With O(label) and without
+    (C(queued) or C(running)) of the same O(label), O(method) and O(format) gets that dump back; another
+    request gets its own dump, queued until the one in flight is done. With O(label) and without
     O(force), a VM that already has a C(completed) dump with that label gets it back. Otherwise a new
     dump is started; a VM whose last dump with the label C(failed) is dumped again.
   - The task reports C(changed) if the service says it started at least one new dump
@@ -89,7 +90,8 @@ options:
   force:
     description:
       - Start a new dump even if a C(completed) dump with O(label) exists.
-      - A dump in flight is still reused; the service never runs two dumps of one VM at once.
+      - A dump in flight with the same O(label), O(method) and O(format) is still reused; the service never runs two
+        dumps of one VM at once.
     type: bool
     default: false
 seealso:

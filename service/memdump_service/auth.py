@@ -47,6 +47,8 @@ class Client:
 
 # Everyone, when the service runs with --insecure-no-auth.
 ANONYMOUS = Client("anonymous", frozenset(SCOPES))
+# Where guard leaves the calling client for the route.
+CLIENT_KEY = "memdump.client"
 
 
 def access(scope: str) -> t.Callable[[Endpoint], Endpoint]:
@@ -215,9 +217,15 @@ async def guard(request: Request) -> None:
         raise HTTPException(403, "this route declares no scope, so it is refused to everyone")
     client = authenticate(request.app.state.credentials, request.headers.get("authorization", ""))
     entry["client"] = client.name
+    request.scope[CLIENT_KEY] = client
     if needed not in client.scopes:
         raise HTTPException(403, f"client {client.name!r} lacks the scope {needed!r} that {request.method} "
                                  f"{entry['route']} needs; it has {', '.join(sorted(client.scopes))}")
+
+
+def caller(request: Request) -> Client:
+    """The client guard admitted to this request."""
+    return request.scope[CLIENT_KEY]
 
 
 def credentials_of(token_file: t.Optional[str], tokens_file: t.Optional[str]) -> t.Optional[Credentials]:

@@ -63,6 +63,8 @@ class Settings:
     max_bytes: t.Optional[int] = None
     # Retention also removes images never marked collected (age counted from the dump's end).
     retention_uncollected: bool = False
+    # Retention also counts collections confirmed by clients without the delete scope (an operator's host policy).
+    retention_trusts_collect: bool = False
     # Seconds between retention runs (besides the one after each dump).
     retention_interval: float = 60.0
     log_level: str = "INFO"
@@ -80,6 +82,8 @@ class Settings:
     space_margin: int = 64 * 1024 * 1024
     # Largest accepted request body in bytes.
     max_body: int = 1024 * 1024
+    # Seconds a dump's stream may stay silent after libvirt's call returned before the dump is given up.
+    stream_idle_timeout: float = 30.0
 
     def validate(self) -> None:
         """Raise ConfigError when options do not fit together."""
@@ -104,6 +108,12 @@ class Settings:
             raise ConfigError("retention-days must be positive")
         if self.max_bytes is not None and self.max_bytes < 1:
             raise ConfigError("max-bytes must be at least 1")
+        if self.retention_interval <= 0 or self.progress_interval <= 0 or self.stream_idle_timeout <= 0:
+            raise ConfigError("retention-interval, progress-interval and stream-idle-timeout must be positive")
+        if self.space_margin < 0:
+            raise ConfigError("space-margin must not be negative")
+        if self.max_body < 1024:
+            raise ConfigError("max-body must be at least 1024 bytes")
         self._check_exposure()
 
     def _check_exposure(self) -> None:
@@ -142,11 +152,6 @@ class Settings:
     def auth(self) -> bool:
         """Whether requests need a token."""
         return not self.insecure_no_auth
-
-    @property
-    def is_test_driver(self) -> bool:
-        """True for libvirt's test driver, which cannot take memory-only dumps."""
-        return self.libvirt_uri.startswith("test:")
 
 
 def split_listen(listen: str) -> t.Tuple[str, int]:
@@ -224,6 +229,20 @@ def build_parser(environ: t.Mapping[str, str]) -> argparse.ArgumentParser:
                         help="remove the oldest collected images while the images take more than this many bytes")
     parser.add_argument("--retention-uncollected", action="store_true", default=flag("RETENTION_UNCOLLECTED"),
                         help="let retention also remove images never marked collected (age counted from the dump's end)")
+    parser.add_argument("--retention-trusts-collect", action="store_true", default=flag("RETENTION_TRUSTS_COLLECT"),
+                        help="let retention count a collection confirmed by a client without the delete scope (by default only "
+                        "a client that may delete the image can allow retention to remove it)")
+    parser.add_argument("--retention-interval", type=float, default=float(env("RETENTION_INTERVAL", 60)),
+                        help="seconds between retention runs, besides the one after each dump and collection (default %(default)s)")
+    parser.add_argument("--space-margin", type=int, default=int(env("SPACE_MARGIN", 64 * 1024 * 1024)),
+                        help="bytes the dump dir keeps free beyond what the images need; a dump that would eat into it is "
+                        "refused or stopped (default %(default)s)")
+    parser.add_argument("--progress-interval", type=float, default=float(env("PROGRESS_INTERVAL", 0.1)),
+                        help="seconds between libvirt progress polls while a dump runs (default %(default)s)")
+    parser.add_argument("--stream-idle-timeout", type=float, default=float(env("STREAM_IDLE_TIMEOUT", 30)),
+                        help="seconds a dump's stream may stay silent after libvirt's call returned (default %(default)s)")
+    parser.add_argument("--max-body", type=int, default=int(env("MAX_BODY", 1024 * 1024)),
+                        help="largest accepted request body in bytes (default %(default)s)")
     parser.add_argument("--hash-mode", choices=HASH_MODES, default=env("HASH_MODE", "fifo"),
                         help="how ELF images are hashed: fifo (stream through a FIFO, one pass) or after (hash the finished "
                         "file, one extra read; for a dump dir where libvirt/QEMU cannot create or open a FIFO) (default %(default)s)")
@@ -261,6 +280,12 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None, environ: t.Optional[t.M
         retention_days=args.retention_days,
         max_bytes=args.max_bytes,
         retention_uncollected=args.retention_uncollected,
+        retention_trusts_collect=args.retention_trusts_collect,
+        retention_interval=args.retention_interval,
+        space_margin=args.space_margin,
+        progress_interval=args.progress_interval,
+        stream_idle_timeout=args.stream_idle_timeout,
+        max_body=args.max_body,
         log_level=args.log_level.upper(),
         hash_mode=args.hash_mode,
         live_max_seconds=args.live_max_seconds,

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import typing as t
-import unicodedata
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -13,22 +12,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from memdump_service.audit import note
-from memdump_service.auth import access
+from memdump_service.auth import access, caller
 from memdump_service.errors import AUTH_ERRORS, BadRequest, error, error_responses
 from memdump_service.jobs import JobManager, RequestConflict, shorten
+from memdump_service.rules import CONTROL_RE, LABEL_RE, VM_NAME_FORBIDDEN_RE, VM_NAME_MAX, VM_NAME_RESERVED
 from memdump_service.virt import FORMATS, LIVE_FORMAT, METHODS
 
-MAX_NAME = 255
+MAX_NAME = VM_NAME_MAX
 MAX_VMS = 1000
 MAX_TEXT = 128
 MAX_WAIT = 120.0
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
-LABEL_RE = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
 STATES = ("queued", "running", "completed", "failed")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-# Control characters (C0, DEL, C1) and the line and paragraph separators: everything str.splitlines() splits on.
-REFUSED_CATEGORIES = ("Cc", "Zl", "Zp")
+MAX_SEQ = 2 ** 63 - 1
 
 Model = t.TypeVar("Model", bound=BaseModel)
 
@@ -43,7 +41,7 @@ def check_text(value: t.Any, what: str, max_len: int) -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > max_len:
         raise ValueError(f"{what} is {len(value)} characters long; at most {max_len} are allowed")
-    if any(unicodedata.category(char) in REFUSED_CATEGORIES for char in value):
+    if CONTROL_RE.search(value):
         raise ValueError(f"{what} {value!r} contains NUL, control or line-break characters")
     try:
         value.encode("utf-8")
@@ -101,9 +99,9 @@ class DumpRequest(BaseModel):
         duplicates = set()
         for vm in value:
             check_text(vm, "VM name", MAX_NAME)
-            if "/" in vm:
+            if VM_NAME_FORBIDDEN_RE.search(vm):
                 raise ValueError(f"VM name {vm!r} contains '/'")
-            if vm in (".", ".."):
+            if vm in VM_NAME_RESERVED:
                 raise ValueError(f"VM name {vm!r} is not a valid name")
             if vm in seen:
                 duplicates.add(vm)
@@ -168,19 +166,62 @@ class DumpRequest(BaseModel):
         return self.vms if self.vms is not None else self.vm_ids or []
 
 
+def check_sha256(value: t.Any, what: str) -> str:
+    """64 hex digits, as lower case."""
+    if not isinstance(value, str) or not SHA256_RE.match(value.lower()):
+        raise ValueError(f"{what} must be 64 hex digits, got {shorten(str(value))!r}")
+    return value.lower()
+
+
+class CustodyHead(BaseModel):
+    """The head of the client's custody log after it recorded the collection: the witness of its length."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(pattern=LABEL_RE.pattern, description="the incident label of the custody log")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="sequence number of the log's last event")
+    hash: str = Field(pattern=SHA256_RE.pattern, description="hex chain hash of event seq")
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _check_label(cls, value: t.Any) -> t.Any:
+        if not isinstance(value, str) or not LABEL_RE.match(value):
+            raise ValueError(f"custody_head.label must match {LABEL_RE.pattern}, got {shorten(str(value))!r}")
+        return value
+
+    @field_validator("seq", mode="before")
+    @classmethod
+    def _check_seq(cls, value: t.Any) -> t.Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+            raise ValueError(f"custody_head.seq must be a whole number from 0 to {MAX_SEQ}, got {shorten(str(value))!r}")
+        return value
+
+    @field_validator("hash", mode="before")
+    @classmethod
+    def _check_hash(cls, value: t.Any) -> t.Any:
+        return check_sha256(value, "custody_head.hash")
+
+
 class CollectedRequest(BaseModel):
     """Body of POST /api/dumps/{dump_id}/collected."""
 
     model_config = ConfigDict(extra="forbid")
 
     sha256: str = Field(pattern=SHA256_RE.pattern, description="hex SHA-256 of the copy the client collected and verified")
+    custody_head: t.Optional[CustodyHead] = Field(default=None, description="the head of the client's custody log after it "
+                                                  "recorded the collection (kept in the record's append-only custody_heads)")
 
     @field_validator("sha256", mode="before")
     @classmethod
     def _check_sha256(cls, value: t.Any) -> t.Any:
-        if not isinstance(value, str) or not SHA256_RE.match(value.lower()):
-            raise ValueError(f"sha256 must be 64 hex digits, got {shorten(str(value))!r}")
-        return value.lower()
+        return check_sha256(value, "sha256")
+
+    @field_validator("custody_head", mode="before")
+    @classmethod
+    def _check_custody_head(cls, value: t.Any) -> t.Any:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError('custody_head must be an object {"label": ..., "seq": ..., "hash": ...}')
+        return value
 
 
 def explain(exc: ValidationError, model: t.Type[BaseModel]) -> str:
@@ -347,9 +388,14 @@ def get_file(dump_id: str, request: Request, jobs: JobManager = Depends(job_mana
              responses=error_responses(400, 404, 409, 413, 415, *AUTH_ERRORS))
 @access("collect")
 async def mark_collected(dump_id: str, request: Request, jobs: JobManager = Depends(job_manager)) -> JSONResponse:
-    """Record that the client holds a verified copy of the image (what retention waits for). Scope collect."""
+    """Record that the client holds a verified copy of the image, and its custody log's head. Retention waits for
+    this report from a client that may delete the image (scope delete). Scope collect."""
     order = parse_body(CollectedRequest, await read_json_body(request, jobs.settings.max_body, '{"sha256": "<64 hex digits>"}'))
-    status, result = await run_in_threadpool(jobs.mark_collected, dump_id, order.sha256)
+    client = caller(request)
+    may_delete = "delete" in client.scopes or jobs.settings.retention_trusts_collect
+    head = order.custody_head.model_dump() if order.custody_head is not None else None
+    status, result = await run_in_threadpool(jobs.mark_collected, dump_id, order.sha256, client.name, may_delete, head)
+    note(request.scope, allows_removal=may_delete, custody_head=head)
     if status != 200:
         return error(status, result)
     return JSONResponse(result)

@@ -1,14 +1,15 @@
-"""GET /health: liveness, libvirt, queue and what the service offers (no auth)."""
+"""GET /health: liveness, libvirt, queue, what the service offers and the rules it enforces (no auth)."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from memdump_service import __version__
+from memdump_service import __version__, rules
 from memdump_service.auth import PUBLIC, access
-from memdump_service.virt import FORMATS, METHODS, libvirt
+from memdump_service.virt import FORMATS, METHODS, LibvirtUnavailable, libvirt
 
-# Optional API features; clients decide from this list, for example whether to long-poll ("wait").
-FEATURES = ["wait", "label", "request_id", "file", "delete", "dry_run", "collected"]
+# Optional API features; clients decide from this list, for example whether to long-poll ("wait"), whether the
+# collected report takes the custody log's head ("custody_heads") and whether failed dumps carry "error_code".
+FEATURES = ["wait", "label", "request_id", "file", "delete", "dry_run", "collected", "custody_heads", "error_code", "rules"]
 
 router = APIRouter()
 
@@ -16,10 +17,16 @@ router = APIRouter()
 @router.get("/health", responses={503: {"description": "libvirt is unreachable (same body, status unavailable)"}})
 @access(PUBLIC)
 def health(request: Request) -> JSONResponse:
-    """Whether the service can reach libvirt, its queue, formats and features."""
-    jobs, settings = request.app.state.jobs, request.app.state.jobs.settings
+    """Whether the service can reach libvirt, its queue, methods, formats, features and rules."""
+    jobs = request.app.state.jobs
     info = jobs.virt.probe()
-    info["memory_only"] = bool(info["connected"]) and str(info["driver"]).upper() != "TEST" and not settings.is_test_driver
+    caps = None
+    if info["connected"]:
+        try:
+            caps = jobs.virt.capabilities()
+        except LibvirtUnavailable:
+            caps = None
+    info["memory_only"] = bool(caps and caps.memory_only)
     if libvirt is None:
         info["error"] = "libvirt-python is not installed"
     body = {
@@ -27,10 +34,11 @@ def health(request: Request) -> JSONResponse:
         "version": __version__,
         "libvirt": info,
         "queue": jobs.counts(),
-        "formats": ["elf"] if settings.is_test_driver else list(FORMATS),
-        # libvirt's test driver takes neither memory-only nor live dumps; the default method stands for its full dump.
-        "methods": ["memory-only"] if settings.is_test_driver else list(METHODS),
+        # What libvirt says this connection can do; everything the service knows while libvirt is unreachable.
+        "formats": caps.formats if caps else list(FORMATS),
+        "methods": caps.methods if caps else list(METHODS),
         "features": FEATURES,
-        "auth": settings.auth,
+        "rules": rules.published(),
+        "auth": jobs.settings.auth,
     }
     return JSONResponse(body, status_code=200 if info["connected"] else 503)

@@ -15,7 +15,7 @@ import uuid
 from memdump_service import audit
 from memdump_service.config import Settings
 from memdump_service.store import Store
-from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, free_bytes, remove_quietly
+from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, free_bytes, release_fifo, remove_quietly
 
 LOG = logging.getLogger("memdump_service")
 
@@ -23,6 +23,11 @@ IN_FLIGHT = ("queued", "running")
 FINISHED = ("completed", "failed")
 PRIVATE = ("seq", "tmp_path")
 INTERRUPTED = "interrupted by service restart"
+# How much further a streamed image may grow per check of the free space, once it is larger than the guest's memory
+# (a live dump's stream re-sends the pages the guest dirties, so it can outgrow the memory).
+GROW_STEP = 256 * 1024 * 1024
+# Custody heads kept per dump: the list is append-only, so a client must not be able to grow it without bound.
+MAX_CUSTODY_HEADS = 1000
 
 
 def utcnow() -> datetime.datetime:
@@ -133,8 +138,14 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 self._records[record["dump_id"]] = record
                 self._seq = max(self._seq, record["seq"])
                 if record["state"] == "running":
+                    # A libvirtd thread may still wait for the FIFO's reader: release it before anything is removed.
+                    discarded = release_fifo(self.fifo_path(record["dump_id"]))
+                    if discarded:
+                        LOG.info("dump %s vm=%s: released libvirt's writer of the interrupted dump (%d bytes discarded)",
+                                 record["dump_id"], record["vm"], discarded)
                     remove_quietly(record.get("tmp_path"))
-                    self._transition(record, state="failed", message=INTERRUPTED, finished_at=iso(utcnow()), dump_path=None)
+                    self._transition(record, state="failed", message=INTERRUPTED, error_code="interrupted", finished_at=iso(utcnow()),
+                                     dump_path=None)
                 elif record["state"] == "queued":
                     self._queue.append(record["dump_id"])
             self._sweep_partials()
@@ -146,9 +157,17 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
     def _sweep_partials(self) -> None:
         """Nothing runs yet: every temp file or FIFO in the dump dir is left over from a crash."""
         for name in os.listdir(self.settings.dump_dir):
-            if name.startswith(".") and (name.endswith(".part") or name.endswith(".fifo")):
+            path = os.path.join(self.settings.dump_dir, name)
+            if name.startswith(".") and name.endswith(".fifo"):
+                LOG.info("releasing and removing leftover FIFO %s", name)
+                release_fifo(path)
+            elif name.startswith(".") and name.endswith(".part"):
                 LOG.info("removing leftover partial file %s", name)
-                remove_quietly(os.path.join(self.settings.dump_dir, name))
+                remove_quietly(path)
+
+    def fifo_path(self, dump_id: str) -> str:
+        """Where libvirt streams a dump's image (in the dump dir, so that a restart finds it)."""
+        return os.path.join(self.settings.dump_dir, f".{dump_id}.fifo")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop dispatching; wait a little for running dumps; close."""
@@ -228,13 +247,15 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             return [dict(self.public(r), created=c) for r, c in results], self.marker
 
     def _reusable(self, vm: str, label: t.Optional[str], force: bool, method: str, fmt: str) -> t.Optional[t.Dict[str, t.Any]]:
-        """The reuse rules: the dump a request for vm gets instead of a new one, or None. A completed dump counts only
-        if it is the kind of image asked for (method and format); an in-flight one always (never two at once)."""
+        """The reuse rules: the dump a request for vm gets instead of a new one, or None. Only the kind of image asked
+        for counts (label, method and format): an in-flight one always, a completed one unless force. A request that
+        differs gets its own dump, which waits in the queue while another dump of the VM runs."""
         newest_done = None
         for record in self._records.values():
             if record["vm"] != vm:
                 continue
-            if record["state"] in IN_FLIGHT:
+            if (record["state"] in IN_FLIGHT and record["label"] == label and record["method"] == method
+                    and record["format"] == fmt):
                 return record
             if (label is not None and not force and record["state"] == "completed" and record["label"] == label
                     and record["method"] == method and record["format"] == fmt
@@ -250,6 +271,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             "state": None, "progress": 0.0, "message": "", "created_at": iso(utcnow()), "started_at": None,
             "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
             "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host, "collected_at": None,
+            "collected_by": None, "retention_confirmed_at": None, "retention_confirmed_by": None, "custody_heads": [],
+            "error_code": None,
         }
         self._records[record["dump_id"]] = record
         self._queue.append(record["dump_id"])
@@ -278,7 +301,7 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 return 409, f"dump {dump_id} is running and cannot be cancelled (libvirt cannot abort a memory-only dump); wait for it to finish"
             if record["state"] == "queued":
                 self._queue.remove(dump_id)
-                self._transition(record, state="failed", message="cancelled by request", finished_at=iso(utcnow()))
+                self._transition(record, state="failed", message="cancelled by request", error_code="cancelled", finished_at=iso(utcnow()))
                 return 200, self.public(record)
             if self._remove_image(record):
                 LOG.info("dump %s vm=%s file deleted by request", dump_id, record["vm"])
@@ -295,9 +318,14 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         self.store.save(record)
         return True
 
-    def mark_collected(self, dump_id: str, sha256: str) -> t.Tuple[int, t.Any]:
-        """Record that a client holds a copy of a completed dump's image whose hash it verified; (HTTP status, record
-        or message). Retention removes only images marked so (unless --retention-uncollected)."""
+    def mark_collected(self, dump_id: str, sha256: str, client: str, may_delete: bool,
+                       custody_head: t.Optional[t.Mapping[str, t.Any]] = None) -> t.Tuple[int, t.Any]:
+        """Record that client holds a copy of a completed dump's image whose hash it verified, and the custody log's
+        head it reports (appended to custody_heads); (HTTP status, record or message).
+
+        Retention removes an image only once a client that may delete it (may_delete: it holds the delete scope, or
+        the operator's --retention-trusts-collect) confirmed it; a report of any other client is recorded all the same.
+        """
         with self._lock:
             record = self._records.get(dump_id)
             if record is None:
@@ -307,10 +335,28 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             if sha256 != record["sha256"]:
                 return 409, (f"sha256 {sha256} differs from the image's {record['sha256']}: the collected copy is not the image; "
                              "download it again")
+            heads = list(record.get("custody_heads") or [])
+            if custody_head is not None:
+                known = [(head["label"], head["seq"], head["hash"]) for head in heads]
+                if (custody_head["label"], custody_head["seq"], custody_head["hash"]) not in known:
+                    if len(heads) >= MAX_CUSTODY_HEADS:
+                        return 409, f"dump {dump_id} already holds {MAX_CUSTODY_HEADS} custody heads; no more are recorded"
+                    heads.append({"label": custody_head["label"], "seq": custody_head["seq"], "hash": custody_head["hash"],
+                                  "client": client, "at": iso(utcnow())})
+            now = iso(utcnow())
+            changes: t.Dict[str, t.Any] = {"custody_heads": heads}
             if record["collected_at"] is None:
-                record["collected_at"] = iso(utcnow())
+                changes.update(collected_at=now, collected_by=client)
+            if may_delete and record.get("retention_confirmed_at") is None:
+                changes.update(retention_confirmed_at=now, retention_confirmed_by=client)
+            if any(record.get(key) != value for key, value in changes.items()):
+                record.update(changes)
                 self.store.save(record)
-                LOG.info("dump %s vm=%s collected: the client verified sha256 %s", dump_id, record["vm"], sha256)
+                LOG.info("dump %s vm=%s collected by %s: the client verified sha256 %s%s%s", dump_id, record["vm"], client, sha256,
+                         "" if may_delete else " (it cannot delete: retention still keeps the image)",
+                         f", custody head {custody_head['label']} seq {custody_head['seq']}" if custody_head else "")
+                audit.write("collected", dump_id=dump_id, vm=record["vm"], client=client, sha256=sha256, allows_removal=may_delete,
+                            custody_head=dict(custody_head) if custody_head else None)
                 self._wake_housekeeper.set()
             return 200, self.public(record)
 
@@ -329,8 +375,9 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 LOG.exception("retention failed; it runs again in %s s", self.settings.retention_interval)
 
     def _apply_retention(self) -> None:
-        """Remove the images that --retention-days and --max-bytes allow, oldest first: only collected ones unless
-        --retention-uncollected. One log line and one audit line each."""
+        """Remove the images that --retention-days and --max-bytes allow, oldest first: only those whose collection a
+        client that may delete confirmed, unless --retention-uncollected. One log line and one audit line each, naming
+        the client whose confirmation allowed the removal (or the option that did)."""
         days, max_bytes = self.settings.retention_days, self.settings.max_bytes
         with self._lock:
             kept = sorted((r for r in self._records.values() if r["state"] == "completed" and not r["file_deleted"]),
@@ -338,11 +385,12 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             total = sum(r["size_bytes"] or 0 for r in kept)
             cutoff = utcnow() - datetime.timedelta(days=days) if days is not None else None
             for record in kept:
-                if not (record["collected_at"] or self.settings.retention_uncollected):
+                confirmed = record.get("retention_confirmed_at")
+                if not (confirmed or self.settings.retention_uncollected):
                     continue
-                since = record["collected_at"] or record["finished_at"]
+                since = confirmed or record["finished_at"]
                 if cutoff is not None and since and parse_iso(since) < cutoff:
-                    reason = f"{'collected' if record['collected_at'] else 'finished'} more than {days:g} days ago (--retention-days)"
+                    reason = f"{'collected' if confirmed else 'finished'} more than {days:g} days ago (--retention-days)"
                 elif max_bytes is not None and total > max_bytes:
                     reason = f"the images take {total} bytes, more than --max-bytes {max_bytes}"
                 else:
@@ -352,13 +400,20 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 self._remove_image(record)
                 LOG.info("dump %s vm=%s image %s removed by retention: %s", record["dump_id"], record["vm"], path, reason)
                 audit.write("retention", dump_id=record["dump_id"], vm=record["vm"], path=path, size_bytes=record["size_bytes"],
-                            sha256=record["sha256"], collected_at=record["collected_at"], reason=reason)
+                            sha256=record["sha256"], collected_at=record["collected_at"], confirmed_by=record.get("retention_confirmed_by"),
+                            confirmed_at=confirmed, allowed_by=("confirmation of " + record["retention_confirmed_by"]) if confirmed
+                            else "--retention-uncollected", reason=reason)
 
     # ----- workers
     def _dispatch(self) -> None:
         with self._lock:
             while not self._stopping and self._queue and len(self._running) < self.settings.max_parallel:
-                dump_id = self._queue.popleft()
+                # libvirt runs one job per guest: a dump of a VM that is being dumped waits for its turn.
+                busy = {self._records[other]["vm"] for other in self._running}
+                dump_id = next((queued for queued in self._queue if self._records[queued]["vm"] not in busy), None)
+                if dump_id is None:
+                    return
+                self._queue.remove(dump_id)
                 record = self._records[dump_id]
                 stamp = utcnow()
                 name = f"{safe_name(record['vm'])}_{stamp.strftime('%Y%m%dT%H%M%SZ')}_{dump_id}.{FORMATS[record['format']][1]}"
@@ -386,8 +441,28 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             if free - sum(holding) < needed:
                 also = f" of which {sum(holding)} are reserved by {len(holding)} running dump{'s' * (len(holding) > 1)}" if holding else ""
                 raise DumpError(f"not enough free space in {self.settings.dump_dir}: {needed} bytes needed (guest memory {memory} "
-                                f"+ margin {margin}), {free} free{also}")
+                                f"+ margin {margin}), {free} free{also}", "insufficient_space")
             self._reserved[dump_id] = (needed, job)
+
+    def _space(self, dump_id: str, total: int) -> None:
+        """A streamed image is about to hold total bytes: past its grant (guest memory), grow the grant by a step while
+        the dump dir keeps the margin free after it (less what the other running dumps hold); DumpError otherwise, which
+        stops the dump before the margin is reached."""
+        margin = self.settings.space_margin
+        with self._lock:
+            granted, job = self._reserved.get(dump_id, (margin, None))
+            if total <= granted - margin:
+                return
+            step = max(GROW_STEP, total - (granted - margin))
+            free = free_bytes(self.settings.dump_dir)
+            holding = sum(max(0, amount - other.bytes_written()) for other_id, (amount, other) in self._reserved.items()
+                          if other_id != dump_id)
+            if free - holding < step + margin:
+                raise DumpError(f"the image reached {total} bytes, more than the guest's memory, and "
+                                f"{self.settings.dump_dir} has {free} bytes free ({holding} of them reserved by other dumps): not "
+                                f"enough for {step} more bytes and the margin of {margin} (--space-margin); free space there, or "
+                                "use method memory-only, whose image is no larger than the guest's memory", "insufficient_space")
+            self._reserved[dump_id] = (granted + step, job)
 
     def _set_uuid(self, record: t.Dict[str, t.Any], value: t.Union[str, t.Mapping[str, t.Any]]) -> None:
         """The guest's UUID, or a mapping of it and its context (machine type, versions, domain XML)."""
@@ -400,26 +475,28 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             record = self._records[dump_id]
             vm, fmt, tmp_path, method = record["vm"], record["format"], record["tmp_path"], record["method"]
         final_path = os.path.join(self.settings.dump_dir, name)
-        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path,
-                      os.path.join(self.settings.dump_dir, f".{dump_id}.fifo"), self.settings.progress_interval, self.settings.hash_mode,
-                      method, self.settings.live_max_seconds, self.settings.live_max_downtime_ms)
+        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path, self.fifo_path(dump_id),
+                      self.settings.progress_interval, self.settings.hash_mode,
+                      method, self.settings.live_max_seconds, self.settings.live_max_downtime_ms, self.settings.stream_idle_timeout)
         outcome: t.Dict[str, t.Any]
         try:
             digest, size = job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value),
-                                   lambda memory: self._reserve(dump_id, job, memory))
+                                   lambda memory: self._reserve(dump_id, job, memory), lambda total: self._space(dump_id, total))
             if job.live:
                 message = f"live dump completed: the guest kept running, paused {job.paused_sec} s for the last pages"
             elif job.memory_only:
                 message = f"memory-only {fmt} dump completed"
             else:
-                message = f"full (not memory-only) {fmt} dump completed: libvirt's test driver cannot take memory-only dumps"
+                message = (f"full (not memory-only) {fmt} dump completed: libvirt at {self.settings.libvirt_uri} describes no "
+                           "hypervisor that could take a memory-only dump")
             outcome = {"state": "completed", "progress": 100.0, "message": message, "dump_path": final_path, "size_bytes": size,
-                       "sha256": digest, "paused_sec": job.paused_sec}
+                       "sha256": digest, "paused_sec": job.paused_sec, "error_code": None}
         except DumpError as exc:
-            outcome = {"state": "failed", "message": str(exc), "paused_sec": job.paused_sec}
+            outcome = {"state": "failed", "message": str(exc), "paused_sec": job.paused_sec, "error_code": exc.code}
         except Exception as exc:  # pylint: disable=broad-exception-caught
             LOG.exception("dump %s vm=%s: unexpected error", dump_id, vm)
-            outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "paused_sec": job.paused_sec}
+            outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "paused_sec": job.paused_sec,
+                       "error_code": "internal_error"}
         with self._lock:
             self._running.discard(dump_id)
             self._reserved.pop(dump_id, None)

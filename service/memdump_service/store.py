@@ -13,10 +13,16 @@ COLUMNS = (
     "created_at", "started_at", "finished_at", "duration_sec", "dump_path", "tmp_path",
     "size_bytes", "sha256", "paused_sec", "file_deleted", "host", "collected_at",
     "machine", "qemu_version", "libvirt_version", "domain_xml",
+    "collected_by", "retention_confirmed_at", "retention_confirmed_by", "custody_heads", "error_code",
 )
-# What analysis tools need to know of the guest and the host at dump time (Volatility 3 needs the
-# machine type for the PCI hole of QEMU images); added to databases written before they existed.
-CONTEXT_COLUMNS = ("machine", "qemu_version", "libvirt_version", "domain_xml")
+# Columns added after the first schema, added to databases written before they existed: what analysis tools need
+# to know of the guest and the host at dump time (Volatility 3 needs the machine type for the PCI hole of QEMU
+# images), who collected an image and whose confirmation lets retention remove it, the custody heads clients
+# reported, and why a dump failed.
+LATER_COLUMNS = ("machine", "qemu_version", "libvirt_version", "domain_xml", "collected_by", "retention_confirmed_at",
+                 "retention_confirmed_by", "custody_heads", "error_code")
+# Stored as JSON text.
+JSON_COLUMNS = ("custody_heads",)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dumps (
@@ -45,7 +51,12 @@ CREATE TABLE IF NOT EXISTS dumps (
     machine TEXT,
     qemu_version TEXT,
     libvirt_version TEXT,
-    domain_xml TEXT
+    domain_xml TEXT,
+    collected_by TEXT,
+    retention_confirmed_at TEXT,
+    retention_confirmed_by TEXT,
+    custody_heads TEXT,
+    error_code TEXT
 );
 CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
 CREATE TABLE IF NOT EXISTS requests (
@@ -104,7 +115,7 @@ class Store:
             db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
         if "method" not in known:
             db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
-        for column in CONTEXT_COLUMNS:
+        for column in LATER_COLUMNS:
             if column not in known:
                 db.execute(f"ALTER TABLE dumps ADD COLUMN {column} TEXT")
         return db
@@ -122,6 +133,8 @@ class Store:
         for row in rows:
             record = dict(row)
             record["file_deleted"] = bool(record["file_deleted"])
+            for column in JSON_COLUMNS:
+                record[column] = json.loads(record[column]) if record[column] else []
             records.append(record)
         return records
 
@@ -129,6 +142,8 @@ class Store:
         """Insert or replace one record."""
         values = [record.get(name) for name in COLUMNS]
         values[COLUMNS.index("file_deleted")] = int(bool(record.get("file_deleted")))
+        for column in JSON_COLUMNS:
+            values[COLUMNS.index(column)] = json.dumps(record.get(column) or [])
         marks = ", ".join(["?"] * len(COLUMNS))
         with self._lock:
             self._db.execute(f"INSERT OR REPLACE INTO dumps ({', '.join(COLUMNS)}) VALUES ({marks})", values)

@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -46,18 +47,32 @@ VIR_DUMP_MEMORY_ONLY = 1 << 4
 VIR_DOMAIN_JOB_STATS_COMPLETED = 1 << 0
 VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 1 << 1
 VIR_ERR_NO_SUPPORT = 3
+VIR_ERR_INVALID_ARG = 8
 VIR_ERR_NO_DOMAIN = 42
 VIR_ERR_OPERATION_INVALID = 55
 
 STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shutting down", 5: "shut off", 6: "crashed", 7: "suspended"}
 
 
+# Machine-readable reasons of a failed dump (the record's error_code, docs/api.md): clients decide on these, never on
+# the message's words.
+ERROR_CODES = ("no_such_vm", "vm_not_running", "insufficient_space", "interrupted", "cancelled", "unsupported",
+               "libvirt_unavailable", "libvirt_error", "live_timeout", "write_error", "stream_error", "internal_error")
+
+
 class DumpError(Exception):
-    """A dump failed; the message is meant for the client."""
+    """A dump failed; the message is meant for the client, code (one of ERROR_CODES) for programs."""
+
+    def __init__(self, message: str, code: str = "libvirt_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class LibvirtUnavailable(DumpError):
     """libvirt cannot be reached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "libvirt_unavailable")
 
 
 def _ignore_libvirt_errors(_ctx: t.Any, _err: t.Any) -> None:
@@ -79,6 +94,37 @@ def error_code(exc: BaseException) -> t.Optional[int]:
     return getter() if getter else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a libvirt connection can do for dumps, as libvirt itself answers it (never inferred from the URI or
+    the driver's name)."""
+
+    # Memory-only dumps (VIR_DUMP_MEMORY_ONLY), live dumps, the kdump and win-dmp formats and job statistics
+    # all come from the hypervisor (QEMU) behind a driver that describes one: libvirt answers
+    # virConnectGetDomainCapabilities there, and VIR_ERR_NO_SUPPORT where there is none (the test driver).
+    hypervisor: bool
+
+    @property
+    def memory_only(self) -> bool:
+        """Whether the guest's memory alone can be dumped (else a plain dump, flags 0, is all there is)."""
+        return self.hypervisor
+
+    @property
+    def live(self) -> bool:
+        """Whether a live dump (QEMU's migration stream) can be taken."""
+        return self.hypervisor
+
+    @property
+    def methods(self) -> t.List[str]:
+        """The dump methods offered; without a hypervisor the default method stands for the plain dump."""
+        return list(METHODS) if self.hypervisor else [METHODS[0]]
+
+    @property
+    def formats(self) -> t.List[str]:
+        """The formats offered."""
+        return list(FORMATS) if self.hypervisor else ["elf"]
+
+
 class Libvirt:
     """A shared libvirt connection, reopened when it breaks (for example after a libvirtd restart)."""
 
@@ -86,7 +132,28 @@ class Libvirt:
         self.uri = uri
         self._lock = threading.Lock()
         self._conn: t.Any = None
+        self._caps: t.Optional[Capabilities] = None
         self.last_error: t.Optional[str] = None
+
+    def capabilities(self, conn: t.Any = None) -> Capabilities:
+        """What this connection can do (asked once per connection). Raises LibvirtUnavailable."""
+        conn = conn or self.connection()
+        with self._lock:
+            if self._caps is not None and conn is self._conn:
+                return self._caps
+        try:
+            conn.getDomainCapabilities()
+            caps = Capabilities(hypervisor=True)
+        except libvirt.libvirtError as exc:
+            if error_code(exc) != VIR_ERR_NO_SUPPORT:
+                # Any other answer (an emulator that cannot be probed right now) is no statement about the driver:
+                # offer everything and let libvirt's answer to the dump itself speak; ask again next time.
+                return Capabilities(hypervisor=True)
+            caps = Capabilities(hypervisor=False)
+        with self._lock:
+            if conn is self._conn:
+                self._caps = caps
+        return caps
 
     def connection(self) -> t.Any:
         """An open connection; raises LibvirtUnavailable with a clear message."""
@@ -112,6 +179,7 @@ class Libvirt:
 
     def _drop_locked(self) -> None:
         conn, self._conn = self._conn, None
+        self._caps = None
         if conn is not None:
             try:
                 conn.close()
@@ -219,74 +287,104 @@ class StreamingWriteback:
             self.done += self.step
 
 
-class FifoHasher:
+class FifoHasher:  # pylint: disable=too-many-instance-attributes
     """Drains a FIFO that libvirt writes into, hashing and writing to out_path in one pass.
 
-    The reader never blocks forever: finish() wakes a reader still waiting in open() (libvirt failed
-    before it opened the FIFO) and gives up on a writer that stays silent after the dump call returned.
+    The read end is opened at once, without waiting for a writer (O_NONBLOCK), before libvirt is asked to
+    dump: libvirt's open() of the FIFO for writing then never waits for a reader, and when the service dies
+    at any moment the kernel closes the read end, so libvirt's writes fail (EPIPE) and the dump fails
+    instead of a libvirtd thread staying blocked in open(). finish() ends a reader whose writer never came
+    (libvirt failed before it opened the FIFO) and gives up on a writer that stays silent after the dump
+    call returned. space(total bytes) is asked before the image grows past what was granted; when it
+    raises DumpError the image stops growing (the stream is still drained) and on_stop() is called once.
     """
 
-    def __init__(self, fifo_path: str, out_path: str, idle_timeout: float = 30.0) -> None:
+    def __init__(self, fifo_path: str, out_path: str, idle_timeout: float = 30.0,
+                 space: t.Optional[t.Callable[[int], None]] = None, on_stop: t.Optional[t.Callable[[], None]] = None) -> None:
         self.fifo_path = fifo_path
         self.out_path = out_path
         self.idle_timeout = idle_timeout
+        self.space = space
+        self.on_stop = on_stop
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.error: t.Optional[str] = None
+        self.error_code = "stream_error"
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memdump-fifo", daemon=True)
+        self.fifo_fd = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self.out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            os.close(self.fifo_fd)
+            raise
+        try:
+            fcntl.fcntl(self.fifo_fd, F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the default 64 KiB pipe works, only slower
 
     def start(self) -> None:
         """Start the reader thread."""
         self._thread.start()
 
+    def read_chunk(self) -> bytes:
+        """The next piece of the stream (b"" once the writer closed); BlockingIOError when there is none yet."""
+        return os.read(self.fifo_fd, CHUNK)
+
     def _run(self) -> None:
-        out_fd = -1
-        fifo_fd = -1
         try:
-            out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            writeback = self.writeback(out_fd)
-            fifo_fd = os.open(self.fifo_path, os.O_RDONLY)
-            try:
-                fcntl.fcntl(fifo_fd, F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                pass  # the default 64 KiB pipe works, only slower
+            writeback = self.writeback(self.out_fd)
             idle_since = time.monotonic()
             while True:
-                ready, _w, _x = select.select([fifo_fd], [], [], 0.5)
+                # Linux reports neither data nor hang-up on a FIFO whose writer has not come yet: select waits.
+                ready, _w, _x = select.select([self.fifo_fd], [], [], 0.5)
                 if not ready:
                     if self._closing.is_set() and time.monotonic() - idle_since > self.idle_timeout:
-                        self.error = self.error or "the dump stream stalled after libvirt returned"
+                        self._fail("the dump stream stalled after libvirt returned")
                         return
                     continue
-                idle_since = time.monotonic()
-                chunk = os.read(fifo_fd, CHUNK)
-                if not chunk:
-                    return
-                self.sha256.update(chunk)
-                self.size += len(chunk)
-                if self.error is None:
-                    try:
-                        view = memoryview(chunk)
-                        while view:
-                            written = os.write(out_fd, view)
-                            view = view[written:]
-                        writeback.advance(self.size)
-                    except OSError as exc:
-                        # Keep draining so that libvirt is never blocked on a full pipe.
-                        self.error = f"cannot write {self.out_path}: {exc.strerror}"
-        except OSError as exc:
-            self.error = self.error or f"dump stream failed: {exc.strerror}"
-        finally:
-            if fifo_fd >= 0:
-                os.close(fifo_fd)
-            if out_fd >= 0:
                 try:
-                    if self.error is None:
-                        os.fsync(out_fd)
-                except OSError as exc:
-                    self.error = f"cannot write {self.out_path}: {exc.strerror}"
-                os.close(out_fd)
+                    chunk = self.read_chunk()
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    return  # the writer closed: the end of the stream
+                idle_since = time.monotonic()
+                self._consume(chunk, writeback)
+        except OSError as exc:
+            self._fail(f"dump stream failed: {exc.strerror}")
+        finally:
+            os.close(self.fifo_fd)
+            try:
+                if self.error is None:
+                    os.fsync(self.out_fd)
+            except OSError as exc:
+                self._fail(f"cannot write {self.out_path}: {exc.strerror}", "write_error")
+            os.close(self.out_fd)
+
+    def _fail(self, message: str, code: str = "stream_error") -> None:
+        if self.error is None:
+            self.error, self.error_code = message, code
+
+    def _consume(self, chunk: bytes, writeback: StreamingWriteback) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        if self.error is not None:
+            return  # keep draining so that libvirt is never blocked on a full pipe
+        try:
+            if self.space is not None:
+                self.space(self.size)
+            view = memoryview(chunk)
+            while view:
+                written = os.write(self.out_fd, view)
+                view = view[written:]
+            writeback.advance(self.size)
+        except DumpError as exc:
+            self._fail(str(exc), exc.code)
+            if self.on_stop is not None:
+                self.on_stop()
+        except OSError as exc:
+            self._fail(f"cannot write {self.out_path}: {exc.strerror}", "write_error")
 
     def writeback(self, out_fd: int) -> StreamingWriteback:
         """What moves the image to the disk while it grows."""
@@ -297,12 +395,54 @@ class FifoHasher:
         self._closing.set()
         while self._thread.is_alive():
             try:
-                # Wakes a reader blocked in open() when libvirt never opened the FIFO; harmless otherwise.
+                # A writer that comes and goes is a hang-up: it ends a reader whose writer never came (libvirt failed
+                # before it opened the FIFO); while libvirt's writer is still open it changes nothing.
                 os.close(os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK))
             except OSError as exc:
                 if exc.errno not in (errno.ENXIO, errno.ENOENT):
                     raise
             self._thread.join(0.05)
+
+
+def release_fifo(path: str, wait_for_writer: float = 1.0, drain: float = 5.0) -> int:
+    """Release a FIFO that an interrupted dump left behind, then remove it; returns the bytes discarded.
+
+    A libvirtd thread may be blocked opening it for writing (the service died after asking for the dump, before
+    libvirt opened the FIFO): opening the read end wakes it. The FIFO is unlinked while the read end is held, so
+    no later opener can block on it either; what a writer still sends is read and discarded for at most drain
+    seconds, then closing the read end makes its next write fail (EPIPE), which ends libvirt's dump job.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        LOG.warning("cannot open the leftover FIFO %s to release a writer: %s", path, exc.strerror)
+        remove_quietly(path)
+        return 0
+    discarded = 0
+    try:
+        remove_quietly(path)
+        started = time.monotonic()
+        seen_writer = False
+        while True:
+            elapsed = time.monotonic() - started
+            if elapsed > drain or (not seen_writer and elapsed > wait_for_writer):
+                break
+            ready, _w, _x = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break  # the writer closed
+            seen_writer = True
+            discarded += len(chunk)
+    finally:
+        os.close(fd)
+    return discarded
 
 
 def hash_file(path: str) -> t.Tuple[str, int]:
@@ -392,8 +532,9 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
 
     def __init__(self, virt: Libvirt, dump_dir: str, vm: str, fmt: str, final_path: str, tmp_path: str, fifo_path: str,
                  progress_interval: float = 0.1, hash_mode: str = "fifo", method: str = "memory-only",
-                 live_max_seconds: float = 120.0, live_max_downtime_ms: int = 50) -> None:
+                 live_max_seconds: float = 120.0, live_max_downtime_ms: int = 50, stream_idle_timeout: float = 30.0) -> None:
         self.virt = virt
+        self.stream_idle_timeout = stream_idle_timeout
         self.live = method == "live"
         self.live_max_seconds = live_max_seconds
         self.live_max_downtime_ms = live_max_downtime_ms
@@ -414,10 +555,11 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         self.raw_path = tmp_path[:-len(".part")] + ".raw.part" if tmp_path.endswith(".part") else tmp_path + ".raw"
 
     def run(self, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None],
-            reserve: t.Callable[[int], None]) -> t.Tuple[str, int]:
-        """Dump; returns (sha256, size) of the image now at final_path. Raises DumpError.
+            reserve: t.Callable[[int], None], space: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[str, int]:
+        """Dump; returns (sha256, size) of the image now at final_path. Raises DumpError (with its error code).
 
-        reserve(guest memory in bytes) is called before the guest is paused; it raises DumpError when the space is lacking.
+        reserve(guest memory in bytes) is called before the guest is paused; it raises DumpError when the space is
+        lacking. space(image bytes so far) is asked while a streamed image grows; DumpError stops the dump.
         """
         conn = self.virt.connection()
         try:
@@ -427,34 +569,40 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             self.virt.check(conn)
             conn = self.virt.connection()
         try:
-            return self._run(conn, on_progress, on_uuid, reserve)
+            return self._run(conn, on_progress, on_uuid, reserve, space)
         except libvirt.libvirtError as exc:
             self.virt.check(conn)
-            raise DumpError(self._explain(exc)) from exc
+            raise DumpError(*self._explain(exc)) from exc
         except OSError as exc:
-            raise DumpError(f"dump of VM '{self.vm}' failed: {exc}") from exc
+            raise DumpError(f"dump of VM '{self.vm}' failed: {exc}", "write_error") from exc
         finally:
             remove_quietly(self.fifo_path if self.used_fifo else None)
             remove_quietly(self.raw_path)
             if not os.path.exists(self.final_path):
                 remove_quietly(self.tmp_path)
 
-    def _explain(self, exc: BaseException) -> str:
+    def _explain(self, exc: BaseException) -> t.Tuple[str, str]:
+        """The client's message and the error code of a libvirt error."""
         code = error_code(exc)
         text = str(exc)
         if code == VIR_ERR_NO_DOMAIN:
             # A typo is the usual cause: name what there is, so that the responder can correct it.
-            return f"VM '{self.vm}' does not exist on {self.virt.uri}; check the name: {self.virt.describe_domains()}"
+            return f"VM '{self.vm}' does not exist on {self.virt.uri}; check the name: {self.virt.describe_domains()}", "no_such_vm"
+        if code == VIR_ERR_OPERATION_INVALID and "not running" in text:
+            return f"VM '{self.vm}' is not running (it stopped before or during the dump): {text}", "vm_not_running"
         if self.timed_out:
             return (f"live dump of VM '{self.vm}' aborted after --live-max-seconds {self.live_max_seconds:g}: the guest dirties "
                     f"its memory faster than it can be written within a pause of --live-max-downtime-ms "
-                    f"{self.live_max_downtime_ms}; use method memory-only, which pauses the guest for the whole dump")
+                    f"{self.live_max_downtime_ms}; use method memory-only, which pauses the guest for the whole dump"), "live_timeout"
+        if code == VIR_ERR_INVALID_ARG and "unsupported flags" in text:
+            return f"libvirt at {self.virt.uri} cannot take this kind of dump of VM '{self.vm}': {text}", "unsupported"
         if self.live:
             # Migration blockers (host devices, some disk setups) land here, in libvirt's words.
-            return f"libvirt cannot take a live dump of VM '{self.vm}': {text}; method memory-only pauses the guest instead"
+            return (f"libvirt cannot take a live dump of VM '{self.vm}': {text}; method memory-only pauses the guest instead",
+                    "libvirt_error")
         if self.fmt != "elf" and any(word in text.lower() for word in ("dumpformat", "unsupported", "not supported")):
-            return f"format {self.fmt} is not supported by this host's hypervisor: {text}"
-        return f"libvirt failed to dump VM '{self.vm}': {text}"
+            return f"format {self.fmt} is not supported by this host's hypervisor: {text}", "unsupported"
+        return f"libvirt failed to dump VM '{self.vm}': {text}", "libvirt_error"
 
     def bytes_written(self) -> int:
         """Bytes the dump's temp files hold now (space it no longer needs reserved)."""
@@ -466,19 +614,35 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                 pass
         return written
 
-    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None], on_uuid: t.Callable[[str], None],
-             reserve: t.Callable[[int], None]) -> t.Tuple[str, int]:
+    def call_libvirt(self, dom: t.Any, target: str, flags: int) -> None:
+        """libvirt's dump call: returns when the dump is written (or raises libvirtError)."""
+        dom.coreDumpWithFormat(target, FORMATS[self.fmt][0], flags)
+
+    def _stop_live(self, dom: t.Any) -> None:
+        """Abort a live dump whose image may not grow further (a memory-only one cannot be aborted: it is drained)."""
+        if self.live:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as exc:
+                LOG.warning("cannot abort the live dump of VM '%s': %s", self.vm, exc)
+
+    def _run(self, conn: t.Any, on_progress: t.Callable[[float], None],  # pylint: disable=too-many-branches,too-many-statements
+             on_uuid: t.Callable[[str], None], reserve: t.Callable[[int], None], space: t.Optional[t.Callable[[int], None]]) -> t.Tuple[str, int]:
         dom = conn.lookupByName(self.vm)
         self.vm_uuid = dom.UUIDString()
         on_uuid(dict(guest_context(conn, dom), vm_uuid=self.vm_uuid))
         state = dom.state()[0]
         if state not in (1, 3):  # running, paused
-            raise DumpError(f"VM '{self.vm}' is {STATE_NAMES.get(state, 'not running')}; only a running VM's memory can be dumped")
+            raise DumpError(f"VM '{self.vm}' is {STATE_NAMES.get(state, 'not running')}; only a running VM's memory can be dumped",
+                            "vm_not_running")
+        caps = self.virt.capabilities(conn)
+        if self.live and not caps.live:
+            raise DumpError(f"libvirt at {self.virt.uri} cannot take live dumps (it describes no hypervisor: "
+                            "virConnectGetDomainCapabilities is not supported there); use method memory-only", "unsupported")
+        if self.fmt not in caps.formats:
+            raise DumpError(f"libvirt at {self.virt.uri} offers only the formats {', '.join(caps.formats)}, not {self.fmt}", "unsupported")
         reserve(dom.info()[1] * 1024)
-        driver = conn.getType()
-        if self.live and driver.upper() == "TEST":
-            raise DumpError("libvirt's test driver cannot take live dumps; use method memory-only")
-        self.memory_only = driver.upper() != "TEST" and not self.live
+        self.memory_only = caps.memory_only and not self.live
         flags = VIR_DUMP_LIVE if self.live else VIR_DUMP_MEMORY_ONLY if self.memory_only else 0
         self.used_fifo = (self.live or self.memory_only and self.fmt == "elf") and self.hash_mode == "fifo"
         hasher: t.Any = None
@@ -488,8 +652,13 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                 os.mkfifo(self.fifo_path, 0o600)
             except OSError as exc:
                 raise DumpError(f"cannot create the FIFO {self.fifo_path}: {exc.strerror}; where the dump directory cannot hold "
-                                "FIFOs, run the service with --hash-mode after") from exc
-            hasher = FifoHasher(self.fifo_path, self.tmp_path)
+                                "FIFOs, run the service with --hash-mode after", "write_error") from exc
+            try:
+                # Holds the FIFO's read end from here on, before libvirt is asked to open it for writing.
+                hasher = FifoHasher(self.fifo_path, self.tmp_path, self.stream_idle_timeout, space=space, on_stop=lambda: self._stop_live(dom))
+            except OSError as exc:
+                raise DumpError(f"cannot open the FIFO {self.fifo_path} or the image file {self.tmp_path}: {exc.strerror}",
+                                "write_error") from exc
             hasher.start()
             target = self.fifo_path
         else:
@@ -500,7 +669,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             try:
                 os.close(os.open(self.raw_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             except OSError as exc:
-                raise DumpError(f"cannot create the image file {self.raw_path}: {exc.strerror}") from exc
+                raise DumpError(f"cannot create the image file {self.raw_path}: {exc.strerror}", "write_error") from exc
         stop = threading.Event()
         poller = threading.Thread(target=self._poll, args=(dom, stop, on_progress), name="memdump-progress", daemon=True)
         poller.start()
@@ -510,7 +679,14 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
         try:
             if previous_downtime_ms is not None:
                 dom.migrateSetMaxDowntime(self.live_max_downtime_ms, 0)
-            dom.coreDumpWithFormat(target, FORMATS[self.fmt][0], flags)
+            self.call_libvirt(dom, target, flags)
+        except libvirt.libvirtError:
+            if hasher is not None:
+                hasher.finish()
+                if hasher.error_code == "insufficient_space":
+                    # The abort that stopped a growing live stream is why libvirt failed: say the cause.
+                    raise DumpError(f"dump of VM '{self.vm}' stopped: {hasher.error}", hasher.error_code) from None
+            raise
         finally:
             if not self.live:
                 # A memory-only dump pauses the guest for the whole call, also when it fails.
@@ -525,13 +701,10 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                 except libvirt.libvirtError as exc:
                     LOG.warning("cannot restore the migration downtime limit %s ms of VM '%s': %s", previous_downtime_ms, self.vm, exc)
         if self.live:
-            # A live dump pauses the guest only for what libvirt measured as its downtime (unknown when it fails);
-            # the stats stay for others (virsh domjobinfo --completed) to read as well.
-            downtime_ms = dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).get("downtime")
-            self.paused_sec = None if downtime_ms is None else downtime_ms / 1000
+            self.paused_sec = self._live_downtime(dom)
         if isinstance(hasher, FifoHasher):
             if hasher.error:
-                raise DumpError(f"dump of VM '{self.vm}' failed: {hasher.error}")
+                raise DumpError(f"dump of VM '{self.vm}' failed: {hasher.error}", hasher.error_code)
             digest, size = hasher.sha256.hexdigest(), hasher.size
         else:
             try:
@@ -544,7 +717,29 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                     os.rename(self.raw_path, self.tmp_path)
                 digest, size = hash_file(self.tmp_path)
             except OSError as exc:
-                raise DumpError(f"cannot read back the image {self.tmp_path}: {exc.strerror}") from exc
+                raise DumpError(f"cannot read back the image {self.tmp_path}: {exc.strerror}", "write_error") from exc
+        self.publish()
+        return digest, size
+
+    def _live_downtime(self, dom: t.Any) -> t.Optional[float]:
+        """Seconds the guest was paused at the end of a live dump, as libvirt measured it; None when libvirt cannot
+        say (the image is complete either way: a statistics call never decides its fate)."""
+        try:
+            # The stats stay for others (virsh domjobinfo --completed) to read as well.
+            downtime_ms = self.job_stats(dom, VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED).get("downtime")
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            LOG.warning("live dump of VM '%s' completed, but libvirt's job statistics are unavailable (%s): its pause is "
+                        "not known", self.vm, exc)
+            return None
+        return None if downtime_ms is None else downtime_ms / 1000
+
+    @staticmethod
+    def job_stats(dom: t.Any, flags: int = 0) -> t.Dict[str, t.Any]:
+        """libvirt's statistics of the domain's current (or, with flags, completed) job."""
+        return dom.jobStats(flags)
+
+    def publish(self) -> None:
+        """Give the finished temp file its final name, durably."""
         try:
             os.chmod(self.tmp_path, 0o600)
             os.rename(self.tmp_path, self.final_path)
@@ -554,8 +749,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            raise DumpError(f"cannot finish the image {self.final_path}: {exc.strerror}") from exc
-        return digest, size
+            raise DumpError(f"cannot finish the image {self.final_path}: {exc.strerror}", "write_error") from exc
 
     def _poll(self, dom: t.Any, stop: threading.Event, on_progress: t.Callable[[float], None]) -> None:
         deadline = time.monotonic() + self.live_max_seconds
@@ -568,7 +762,7 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                 except libvirt.libvirtError as exc:
                     LOG.warning("cannot abort the live dump of VM '%s': %s", self.vm, exc)
             try:
-                stats = dom.jobStats()
+                stats = self.job_stats(dom)
             except libvirt.libvirtError as exc:
                 if error_code(exc) == VIR_ERR_NO_SUPPORT:
                     return

@@ -98,7 +98,7 @@ class Gate:
         self.lock = threading.Lock()
         self.fail = False
 
-    def run(self, job, on_progress, on_uuid, reserve):
+    def run(self, job, on_progress, on_uuid, reserve, space=None):  # pylint: disable=unused-argument
         reserve(0)
         with self.lock:
             self.started.append(job.vm)
@@ -107,7 +107,7 @@ class Gate:
         if not self.release.wait(20):
             raise virt.DumpError("gate never released")
         if self.fail:
-            raise virt.DumpError("fake failure")
+            raise virt.DumpError("fake failure", "libvirt_error")
         with open(job.final_path, "wb") as handle:
             handle.write(b"fake image")
         job.memory_only = True
@@ -120,8 +120,8 @@ def fixture_gate(monkeypatch) -> t.Iterator[Gate]:
     """Dumps block in 'running' until gate.release is set."""
     gate = Gate()
 
-    def fake_run(job, on_progress, on_uuid, reserve):
-        return gate.run(job, on_progress, on_uuid, reserve)
+    def fake_run(job, on_progress, on_uuid, reserve, space=None):
+        return gate.run(job, on_progress, on_uuid, reserve, space)
 
     monkeypatch.setattr(virt.DumpJob, "run", fake_run)
     yield gate

@@ -197,7 +197,7 @@ def test_parallel_cap_holds_with_many_queued(gate, settings):
 
 def test_in_flight_reuse_label_reuse_and_force(gate, client):
     first = post(client, {"vms": ["web01"], "label": "IR-7"}).json()["dumps"][0]
-    again = post(client, {"vms": ["web01"], "label": "OTHER", "force": True}).json()["dumps"][0]
+    again = post(client, {"vms": ["web01"], "label": "IR-7", "force": True}).json()["dumps"][0]
     assert again["dump_id"] == first["dump_id"] and again["created"] is False
     gate.release.set()
     wait_finished(client, [first["dump_id"]])
@@ -213,6 +213,26 @@ def test_in_flight_reuse_label_reuse_and_force(gate, client):
     assert newest["dump_id"] == forced["dump_id"] and newest["created"] is False
     unlabelled = post(client, {"vms": ["web01"]}).json()["dumps"][0]
     assert unlabelled["created"] is True
+
+
+def test_in_flight_dump_of_another_incident_or_kind_is_never_handed_out(gate, client):
+    """Incident B never gets incident A's running dump: a request that differs in label, method or format gets its
+    own dump, which waits in the queue (libvirt runs one job per guest) and runs after the first."""
+    first = post(client, {"vms": ["web01"], "label": "IR-A"}).json()["dumps"][0]
+    others = [post(client, body).json()["dumps"][0] for body in (
+        {"vms": ["web01"], "label": "IR-B"}, {"vms": ["web01"]}, {"vms": ["web01"], "label": "IR-A", "format": "kdump-zlib"},
+        {"vms": ["web01"], "label": "IR-A", "method": "live"})]
+    assert all(item["created"] is True and item["dump_id"] != first["dump_id"] for item in others), others
+    assert len({item["dump_id"] for item in others}) == len(others)
+    states = {d["dump_id"]: d["state"] for d in client.get("/api/dumps").json()["dumps"]}
+    assert states[first["dump_id"]] == "running" and all(states[item["dump_id"]] == "queued" for item in others), states
+    # A second VM is not held up by the queued dumps of the first.
+    db = post(client, {"vms": ["db01"], "label": "IR-B"}).json()["dumps"][0]
+    assert client.get(f"/api/dumps/{db['dump_id']}").json()["state"] == "running"
+    assert gate.started == ["web01", "db01"]
+    gate.release.set()
+    wait_finished(client, [first["dump_id"], db["dump_id"]] + [item["dump_id"] for item in others])
+    assert gate.started == ["web01", "db01"] + ["web01"] * len(others)
 
 
 def test_request_id_retry(client):

@@ -43,7 +43,8 @@ def test_test_driver_offers_memory_only_and_refuses_live(client):
     created = post(client, {"vms": ["web01"], "method": "live"}).json()["dumps"][0]
     assert (created["method"], created["format"]) == ("live", "qemu-migration")
     record = wait_finished(client, [created["dump_id"]])[0]
-    assert record["state"] == "failed" and record["message"] == "libvirt's test driver cannot take live dumps; use method memory-only"
+    assert record["state"] == "failed" and record["error_code"] == "unsupported"
+    assert record["message"].startswith(f"libvirt at {client.app.state.jobs.settings.libvirt_uri} cannot take live dumps")
     assert record["paused_sec"] is None
 
 
@@ -178,9 +179,31 @@ def test_live_dump_that_takes_too_long_is_aborted(lclient, domain):
         settings.live_max_seconds = 120.0
     assert record["state"] == "failed", record
     assert "aborted after --live-max-seconds 0.05" in record["message"] and "use method memory-only" in record["message"]
+    assert record["error_code"] == "live_timeout"
     assert record["dump_path"] is None and record["paused_sec"] is None
     assert [name for name in os.listdir(settings.dump_dir) if name.startswith(".")] == []
     assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+@needs_linux
+def test_a_failing_statistics_call_never_discards_a_completed_live_image(lclient, monkeypatch, caplog):
+    """libvirt's job statistics after the dump only tell the pause: when that call fails, the image is kept."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+    from memdump_service import virt  # pylint: disable=import-outside-toplevel
+    real = virt.DumpJob.job_stats
+
+    def failing(dom, flags=0):
+        if flags & virt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            raise libvirt.libvirtError("injected: job statistics unavailable")
+        return real(dom, flags)
+
+    monkeypatch.setattr(virt.DumpJob, "job_stats", staticmethod(failing))
+    record = dump(lclient, {"vms": [LINUX_VM], "method": "live", "force": True})
+    assert record["state"] == "completed" and record["error_code"] is None, record
+    assert record["paused_sec"] is None and os.path.getsize(record["dump_path"]) == record["size_bytes"]
+    with open(record["dump_path"], "rb") as handle:
+        assert handle.read(4) == b"QEVM"
+    assert "job statistics are unavailable" in caplog.text
 
 
 BLOCKER_XML = """<domain type='qemu'>

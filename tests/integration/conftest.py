@@ -142,6 +142,48 @@ class CoreServiceDouble(MemdumpService):
     program = (os.path.join(REPO, 'tests', 'doubles', 'core_service.py'),)
 
 
+class PausedService(MemdumpService):
+    """The real service held at one point of a dump's life until killed (tests/integration/paused_service.py)."""
+
+    program = (os.path.join(REPO, 'tests', 'integration', 'paused_service.py'),)
+
+    def __init__(self, workdir, libvirt_uri, point, token=None, extra_args=(), pause_bytes=8 << 20):
+        self.pause_dir = os.path.join(str(workdir), 'pause')
+        os.makedirs(self.pause_dir)
+        super().__init__(workdir, libvirt_uri, token, extra_args,
+                         env={'MEMDUMP_TEST_PAUSE_AT': point, 'MEMDUMP_TEST_PAUSE_DIR': self.pause_dir,
+                              'MEMDUMP_TEST_PAUSE_BYTES': str(pause_bytes)})
+        self.point = point
+
+    def wait_paused(self, timeout=60):
+        """Wait until the service holds at its point."""
+        poll_until(lambda: os.path.exists(os.path.join(self.pause_dir, self.point)), timeout, interval=0.02,
+                   what='the service to reach %s (log %s)' % (self.point, self.log_path))
+
+    def start_unpaused(self):
+        """The same service (dirs, state file) started again as it runs in production."""
+        self.env['MEMDUMP_TEST_PAUSE_AT'] = ''
+        return self.start()
+
+
+@pytest.fixture
+def paused_service(tmp_path):
+    """Factory: ``paused_service(point, extra_args=(), pause_bytes=8 MiB)`` starts the real service on the stack's
+    QEMU, held at point (call, first_read, mid_stream: after pause_bytes, end) of the first dump that reaches it."""
+    started = []
+
+    def start(point, extra_args=(), pause_bytes=8 << 20):
+        workdir = tmp_path / ('paused%d' % len(started))
+        workdir.mkdir()
+        svc = PausedService(workdir, stack_env('MEMDUMP_TEST_LIBVIRT_URI'), point, extra_args=extra_args, pause_bytes=pause_bytes)
+        started.append(svc)
+        return svc.start()
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
 def http_json(url, method, path, body=None, token=None, timeout=60, context=None):
     """One HTTP call to a memdump service: returns (status, parsed JSON or raw bytes)."""
     data = json.dumps(body).encode() if body is not None else None

@@ -519,3 +519,90 @@ def test_grafana_panels_return_data(tmp_path, run_playbook, svc, influxdb):
         assert '$' not in q, (title, q)
         data = db.select(q)
         assert data, 'panel %r returned no data: %s' % (title, q)
+
+
+COLLECT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/vmforensics.memdump.memdump:
+      url: "{{ svc_url }}"
+      token: "{{ svc_token }}"
+  tasks:
+    - name: trigger
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+        label: "{{ label }}"
+      register: trigger
+    - name: wait
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        wait_timeout: 60
+      register: done
+    - name: collect
+      vmforensics.memdump.memdump_collect:
+        evidence_dir: "{{ evidence }}"
+        label: "{{ label }}"
+        host: hv01
+        vm: web01
+        dump_id: "{{ done.dumps[0].dump_id }}"
+      register: collected
+"""
+
+
+def test_custody_head_is_witnessed_by_the_service_and_influxdb(tmp_path, run_playbook, svc, influxdb):
+    """The custody witness end to end: memdump_collect reports the log's head with the collection; the real service
+    keeps it in the dump's record and the callback writes it to the real InfluxDB 1.6 as memdump_custody."""
+    db = influxdb()
+    label = 'IR-wit-%s' % uuid.uuid4().hex[:6]
+    res = run_playbook(COLLECT_PLAY, extra_vars=dict(play_vars(svc, label), evidence=str(tmp_path / 'evidence')),
+                       env=callback_env(tmp_path, db.env()))
+    assert res.rc == 0, res.stdout + res.stderr
+    assert callback_warnings(res) == [], res.stderr
+    out = res.task_results('collect')
+    head = out['custody_head']
+    assert head['label'] == label and isinstance(head['seq'], int) and re.match(r'^[0-9a-f]{64}$', head['hash']), out
+    dump_id = res.task_results('wait')['dumps'][0]['dump_id']
+    status, record = svc.api('GET', '/api/dumps/' + dump_id)
+    assert status == 200
+    assert [(h['label'], h['seq'], h['hash'], h['client']) for h in record['custody_heads']] == [
+        (label, head['seq'], head['hash'], 'token-file')]
+    points = db.select('SELECT "seq", "hash", "label", "host" FROM "memdump_custody"')
+    assert [(p['label'], p['host'], p['seq'], p['hash']) for p in points] == [(label, 'localhost', head['seq'], head['hash'])]
+    assert {r['tagKey'] for r in db.select('SHOW TAG KEYS FROM "memdump_custody"')} == {'label', 'host'}
+    types = {r['fieldKey']: r['fieldType'] for r in db.select('SHOW FIELD KEYS FROM "memdump_custody"')}
+    assert types == {'seq': 'integer', 'hash': 'string'}
+
+
+NO_DUMPS_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: nothing to record
+      ansible.builtin.debug:
+        msg: no dumps in this run
+"""
+
+
+def test_a_point_influxdb_refuses_is_dropped_with_one_warning_and_never_resent(tmp_path, run_playbook, svc, influxdb):
+    """The real InfluxDB 1.6 refuses a point whose field type conflicts with the measurement's (HTTP 400): that
+    point is dropped with one warning, the others are written, and nothing is spooled to be sent again."""
+    db = influxdb()
+    label = 'IR-bad-%s' % uuid.uuid4().hex[:6]
+    # size_bytes is an integer field of the dump points: a string there (in the shard of now: InfluxDB 1.x keeps
+    # field types per shard) makes every dump point of the run conflict.
+    seed = ('memdump,vm=x size_bytes="big" %d' % int(time.time())).encode()
+    req = urllib.request.Request(db.url + '/write?db=%s&precision=s' % db.db, data=seed, method='POST')
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+    env = callback_env(tmp_path, db.env())
+    res = run_playbook(PLAY, extra_vars=play_vars(svc, label), env=env)
+    assert res.rc == 0, res.stdout + res.stderr
+    warnings = callback_warnings(res)
+    assert len(warnings) == 1 and 'field type conflict' in res.stdout + res.stderr, res.stdout + res.stderr
+    assert spool_files(tmp_path) == []
+    assert len(db.select('SELECT * FROM memdump_run')) == 1  # the valid point of the batch was written
+    # The next run (no dumps in it) sends its run point only: the refused points are not sent again.
+    again = run_playbook(NO_DUMPS_PLAY, env=env)
+    assert again.rc == 0 and callback_warnings(again) == [], again.stderr
+    assert len(db.select('SELECT * FROM memdump_run')) == 2 and len(db.select('SELECT * FROM memdump')) == 1

@@ -189,10 +189,15 @@ def files_under(path):
 
 def test_hostile_names_and_bodies_are_refused(hostile, run_playbook, tmp_path):
     evidence = tmp_path / 'ev'
-    # A requested name that would climb out is refused before anything is asked or written.
+    # A name that would climb out is encoded into one file name inside the incident; the log keeps the true name.
     svc = hostile(record_vm='../../../../tmp/x')
     res = collect(run_playbook, svc.url, evidence, vm='../../../../tmp/x')
-    assert res.rc != 0 and 'is refused' in res.stdout and not svc.requests
+    assert res.rc == 0, res.stdout
+    assert res.task_results('collect')['evidence_file'] == 'hv01/%%2E.%%2F..%%2F..%%2F..%%2Ftmp%%2Fx_%s.elf' % DUMP_ID
+    assert (evidence / 'IR-H' / 'hv01' / ('%%2E.%%2F..%%2F..%%2F..%%2Ftmp%%2Fx_%s.elf' % DUMP_ID)).read_bytes() == BODY
+    assert {json.loads(line)['vm'] for line in (evidence / 'IR-H' / 'custody.jsonl').read_text().splitlines()} == {
+        '../../../../tmp/x'}
+    shutil.rmtree(str(evidence))
     # A record that names another VM (one that climbs out, one of another incident) fails; nothing is written.
     for lie in ('../../../../tmp/x', '../../IR-0/hv02/web01', 'db01'):
         svc = hostile(record_vm=lie)
@@ -331,7 +336,14 @@ def test_acquire_verify_tamper_recipe(memdump_service, test_driver_uri, run_play
     assert res.rc == 0, res.stdout + res.stderr
     incident = evidence / label
     events = [json.loads(line) for line in (incident / 'custody.jsonl').read_text().splitlines()]
-    assert sorted(e['event'] for e in events) == sorted(['acquired', 'collected', 'verified', 'deleted_from_host'] * 2)
+    assert sorted(e['event'] for e in events) == sorted(['acquired', 'collected', 'verified', 'deleting',
+                                                         'deleted_from_host'] * 2)
+    # Each deletion: its intent before, its outcome after, naming the intent.
+    for dump_id in {e['dump_id'] for e in events}:
+        kinds = {e['event']: e for e in events if e['dump_id'] == dump_id}
+        assert kinds['verified']['seq'] < kinds['deleting']['seq'] < kinds['deleted_from_host']['seq']
+        assert kinds['deleted_from_host']['intent_seq'] == kinds['deleting']['seq']
+        assert kinds['deleting']['image_rehashed'] is True and kinds['deleting']['signatures_checked'] is False
     for e in events:
         assert e['signature'].startswith('-----BEGIN SSH SIGNATURE-----')
         assert e['operator'] and e['controller'] and e['host'] == 'localhost' and e['service_host']

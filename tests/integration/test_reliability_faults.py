@@ -61,17 +61,16 @@ def files_in(path):
 
 # ---- kill -9 mid-dump ----------------------------------------------------------------------------
 
-def test_kill_9_mid_dump_then_restart(memdump_service, wait_until):
+def test_kill_9_mid_dump_then_restart(paused_service, wait_until):
     large, tiny = os.environ['MEMDUMP_TEST_VM_LARGE'], os.environ['MEMDUMP_TEST_VM']
     wait_guest_not_dumping(large)
-    svc = memdump_service(extra_args=['--max-parallel', '1'])
+    # The real service, held once it has read 64 MiB of the large guest's 2 GiB stream: killed mid-dump for sure.
+    svc = paused_service('mid_stream', extra_args=['--max-parallel', '1'], pause_bytes=64 << 20)
     try:
         status, body = svc.api('POST', '/api/dumps', {'vms': [large, tiny]})
         assert status == 202, body
         large_id, tiny_id = [d['dump_id'] for d in body['dumps']]
-        wait_until(lambda: record(svc, large_id)['state'] == 'running', 60, interval=0.02,
-                   what='the large dump to run')
-        time.sleep(0.3)  # well inside the dump (seconds for 2 GiB), past its start
+        svc.wait_paused()
         assert record(svc, large_id)['state'] == 'running'
         # What is in the dump dir mid-dump (temp file, FIFO) is private to the service's user already.
         uid = os.stat('/proc/%d' % svc.proc.pid).st_uid
@@ -82,10 +81,10 @@ def test_kill_9_mid_dump_then_restart(memdump_service, wait_until):
         assert record(svc, tiny_id)['state'] == 'queued'
         svc.stop(signal.SIGKILL)
         assert svc.proc.returncode == -signal.SIGKILL
-        svc.start()
+        svc.start_unpaused()
 
         crashed = record(svc, large_id)
-        assert crashed['state'] == 'failed', crashed
+        assert crashed['state'] == 'failed' and crashed['error_code'] == 'interrupted', crashed
         assert 'interrupted by service restart' in crashed['message'], crashed
         assert crashed['dump_path'] is None and crashed['sha256'] is None, crashed
         assert crashed['finished_at'], crashed

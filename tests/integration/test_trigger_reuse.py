@@ -117,8 +117,9 @@ def test_same_label_again_is_not_changed(memdump_service, run_playbook, test_dri
     assert len(dumps_on(svc)) == 2
 
 
-def test_in_flight_dump_is_reused_even_with_force(memdump_service, run_playbook):
-    """A 2 GiB guest dumps for seconds: a second, forced request for it gets the dump in flight."""
+def test_in_flight_dump_of_another_label_is_never_handed_out(memdump_service, run_playbook):
+    """A 2 GiB guest dumps for seconds: a forced request of another incident (label) gets a dump of its own, queued
+    behind the one in flight (issue 24: one incident never receives another's image)."""
     svc = memdump_service()
     large = os.environ['MEMDUMP_TEST_VM_LARGE']
     result = run_playbook(play('''
@@ -135,14 +136,14 @@ def test_in_flight_dump_is_reused_even_with_force(memdump_service, run_playbook)
       register: forced
     - name: Wait
       vmforensics.memdump.memdump_wait:
-        dumps: "{{ trigger.dumps }}"
+        dumps: "{{ trigger.dumps + forced.dumps }}"
         wait_timeout: 300
 '''), extra_vars={'memdump_url': svc.url, 'vm': large, 'lbl': label()})
     assert_ok(result)
     forced = result.task_results('Force another label while it runs')
-    assert forced['changed'] is False and forced['dumps'][0]['created'] is False
-    assert forced['dump_ids'] == result.task_results('Trigger the large guest')['dump_ids']
-    assert result.task_results('Wait')['completed'] == [large]
+    assert forced['changed'] is True and forced['dumps'][0]['created'] is True and forced['dumps'][0]['state'] == 'queued'
+    assert forced['dump_ids'] != result.task_results('Trigger the large guest')['dump_ids']
+    assert [d['state'] for d in result.task_results('Wait')['dumps']] == ['completed', 'completed']
 
 
 def test_seed_core_service_check_mode_sends_nothing(core_service, run_playbook, test_driver_uri):

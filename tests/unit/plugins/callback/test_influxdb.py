@@ -115,6 +115,10 @@ class Collector(http.server.BaseHTTPRequestHandler):
         data = b''
         if Collector.status == 400:
             data = b'{"error":"partial write: field type conflict: input field size_bytes is type integer"}'
+        elif Collector.status == 422:  # what InfluxDB 2.x answers for a type conflict
+            data = b'{"code":"unprocessable entity","message":"failure writing points to database: partial write: field type conflict"}'
+        elif Collector.status >= 500:
+            data = b'{"error":"timeout"}'
         self.send_response(Collector.status)
         self.send_header('Content-Length', str(len(data)))
         self.end_headers()
@@ -342,10 +346,12 @@ def test_v2_api_selected_by_bucket_and_org(tmp_path, collector):
     assert len(body.strip().split('\n')) == 2
 
 
-def test_refused_points_are_kept_aside_not_replayed(tmp_path, collector):
+@pytest.mark.parametrize('status, api', [(400, 'v1'), (422, 'v1'), (400, 'v2'), (422, 'v2')])
+def test_refused_points_are_kept_aside_not_replayed(tmp_path, collector, status, api):
     url, dummy = collector
-    Collector.status = 400
-    cb, display = make_callback(tmp_path, url=url)
+    Collector.status = status
+    extra = dict(org='secops', bucket='forensics', token=TOKEN, username=None, password=None) if api == 'v2' else {}
+    cb, display = make_callback(tmp_path, url=url, api=api, **extra)
     cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_wait', WAIT))
     cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
     assert len(display.warnings) == 1 and 'field type conflict' in display.warnings[0]
@@ -368,3 +374,55 @@ def test_a_line_separator_in_a_field_cannot_split_or_forge_spooled_points(tmp_pa
     assert len(sent) == 2  # one dump, one run: never a third, forged one
     assert not any(line.startswith('memdump,host=hv01,vm=db01') for line in sent)
     assert separator not in open(cb.spool().files()[0], encoding='utf-8').read().rstrip('\n').replace('\n', '')
+
+
+@pytest.mark.parametrize('status', [401, 403, 404, 429, 500, 503])
+def test_answers_that_do_not_blame_the_points_keep_them_for_the_next_run(tmp_path, collector, status):
+    url, requests = collector
+    Collector.status = status
+    cb, display = make_callback(tmp_path, url=url)
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_wait', WAIT))
+    cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
+    assert len(display.warnings) == 1 and 'HTTP %d' % status in display.warnings[0]
+    assert len(cb.spool().read()[1]) == 2
+    # The next run sends them (and its own) once InfluxDB accepts.
+    Collector.status = 204
+    cb2, display2 = make_callback(tmp_path, url=url)
+    cb2.v2_playbook_on_stats(FakeStats({}))
+    assert display2.warnings == [] and cb2.spool().files() == []
+    assert len(requests[-1][2].strip().split('\n')) == 3
+
+
+HEAD = {'label': 'IR-24', 'seq': 12, 'hash': 'c' * 64}
+
+
+def test_custody_heads_become_custody_points(tmp_path, collector):
+    url, requests = collector
+    # The custody measurement is fixed (memdump_verify reads it there), whatever the dump measurement is.
+    cb, display = make_callback(tmp_path, url=url, measurement='forensics')
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_collect', {'changed': True, 'custody_head': HEAD}))
+    # The same head again (a verify run right after) is written once; a loop's items each count.
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_verify', {'changed': False, 'custody_head': HEAD}))
+    later = dict(HEAD, seq=13, hash='d' * 64)
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_delete', {'results': [{'custody_head': later}]}))
+    # Not from this collection, no_log, or not a head: ignored.
+    cb.v2_runner_on_ok(FakeResult('ansible.builtin.set_fact', {'custody_head': dict(HEAD, seq=99)}))
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_collect', {'custody_head': dict(HEAD, seq=98)}, no_log=True))
+    cb.v2_runner_on_ok(FakeResult('vmforensics.memdump.memdump_collect', {'custody_head': dict(HEAD, seq='97')}))
+    cb.v2_playbook_on_stats(FakeStats({'hv01': {'ok': 1}}))
+    assert display.warnings == []
+    lines = requests[0][2].strip().split('\n')
+    custody = [split_line(item) for item in lines if item.startswith('memdump_custody,')]
+    assert [(head, fields) for head, fields, dummy in custody] == [
+        ('memdump_custody,host=hv01,label=IR-24', 'hash="%s",seq=12i' % ('c' * 64)),
+        ('memdump_custody,host=hv01,label=IR-24', 'hash="%s",seq=13i' % ('d' * 64))]
+    assert custody[0][2] < custody[1][2]  # distinct times: one series, neither overwrites the other
+    run = [item for item in lines if item.startswith('forensics_run')][0]
+    assert 'dumps=0i' in run
+
+
+def test_custody_point_is_one_escaped_line():
+    """Tags escaped, seq an integer field, hash a string field, the given time (the integration test reads it back)."""
+    at = 1764892800123456789
+    text = cbmod.custody_point('hv 01,x', HEAD, at)
+    assert text == 'memdump_custody,host=hv\\ 01\\,x,label=IR-24 hash="%s",seq=12i %d' % ('c' * 64, at)
