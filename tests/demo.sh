@@ -131,10 +131,13 @@ fi
 ssh-keygen -q -t ed25519 -N '' -C memdump-demo -f "$work/custody_ed25519"
 mkdir -p "$evidence"
 printf 'demo@memdump namespaces="memdump-custody" %s\n' "$(cat "$work/custody_ed25519.pub")" > "$evidence/allowed_signers"
-say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true -e signing_key=..."
+# The two endpoints are one here: the modules reach the service on the host's loopback (MEMDUMP_SERVICE_URL), and
+# the controller downloads from collect_url, which on a real fleet is the host's address with TLS (README).
+# evidence_dir is required: evidence goes only where it is told to.
+say "ansible-playbook vmforensics.memdump.acquire -e label=$label -e vms=$(IFS=,; echo "${vms[*]}") -e collect=true -e collect_url=$url -e evidence_dir=$evidence -e signing_key=..."
 ansible-playbook -i localhost, -c local vmforensics.memdump.acquire \
   -e "ansible_python_interpreter=$venv/bin/python" -e memdump_hosts=localhost -e "label=$label" \
-  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "evidence_dir=$evidence" -e wait_timeout=600 \
+  -e "vms=$(IFS=,; echo "${vms[*]}")" -e collect=true -e "collect_url=$url" -e "evidence_dir=$evidence" -e wait_timeout=600 \
   -e "signing_key=$work/custody_ed25519"
 play_rc=$?
 if [ "$play_rc" = 0 ]; then

@@ -54,6 +54,13 @@ options:
     description: Only dumps in this state.
     type: str
     choices: [queued, running, completed, failed]
+  list_vms:
+    description:
+      - Also ask the service which VMs its host has (C(GET /api/vms)) and return them in RV(host_vms).
+      - Fails the task when the service cannot say (unreachable, an older service without the listing, libvirt down),
+        because a fleet-wide acquisition must not take "could not ask" for "does not run it".
+    type: bool
+    default: false
   fail_on_unavailable:
     description:
       - Fail the task when RV(service.status) is V(unavailable) (the service can not be reached, its
@@ -103,6 +110,8 @@ dumps:
   description:
     - The matching dump records, newest first, with every field the service returns (see the
       service's API documentation). Empty if the service can not be reached.
+    - A failed dump's record has C(reason), why it failed, as in
+      RV(vmforensics.memdump.memdump_wait#module:summary) (V(no_such_vm), V(not_running) or V(failed)).
   returned: always
   type: list
   elements: dict
@@ -116,6 +125,28 @@ dumps:
       dump_path: /var/lib/memdump/dumps/IR-2026-042/web01-20261125T225001Z.elf
       size_bytes: 134480867
       sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+host_vms:
+  description:
+    - The libvirt domains of the service's host, sorted by name, with O(list_vms=true).
+  returned: when O(list_vms=true)
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The domain's name.
+      type: str
+    state:
+      description: libvirt's state, for example C(running), C(paused), C(shut off).
+      type: str
+    uuid:
+      description: The domain's UUID.
+      type: str
+    active:
+      description: Whether the domain runs (has memory to dump), as libvirt says.
+      type: bool
+  sample:
+    - {name: web01, state: running, uuid: 6695eb01-f6a4-8304-79aa-000000000001, active: true}
+    - {name: old01, state: shut off, uuid: 6695eb01-f6a4-8304-79aa-000000000002, active: false}
 vms:
   description: VM name to the ids of its matching dumps, newest first.
   returned: always
@@ -179,10 +210,12 @@ service:
 from ansible_collections.vmforensics.memdump.plugins.module_utils._client import (
     STATES,
     MemdumpConnectionError,
+    MemdumpError,
     MemdumpHTTPError,
     MemdumpTLSError,
 )
 from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._vms import failure_reasons, host_vms
 
 
 def service_health(client):
@@ -234,10 +267,19 @@ def run(module):
     for key, allowed in checks:
         if allowed:
             dumps = [d for d in dumps if key not in d or d[key] in allowed]
+    if any(d.get('state') == 'failed' for d in dumps):
+        reasons = failure_reasons(client, dumps)
+        dumps = [dict(d, reason=reasons.get(d.get('dump_id'))) if d.get('state') == 'failed' else d for d in dumps]
     vms = {}
     for record in dumps:
         vms.setdefault(record.get('vm'), []).append(record.get('dump_id'))
-    module.exit_json(changed=False, dumps=dumps, vms=vms, service=service)
+    result = dict(changed=False, dumps=dumps, vms=vms, service=service)
+    if params['list_vms']:
+        try:
+            result['host_vms'] = host_vms(client)
+        except MemdumpError as e:
+            module.fail_json(msg='cannot say which VMs the host of the memdump service at %s runs: %s' % (client.url, e.msg), **result)
+    module.exit_json(**result)
 
 
 def main():
@@ -246,6 +288,7 @@ def main():
         dump_ids=dict(type='list', elements='str'),
         label=dict(type='str'),
         state=dict(type='str', choices=list(STATES)),
+        list_vms=dict(type='bool', default=False),
         fail_on_unavailable=dict(type='bool', default=False),
     )
     module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -209,6 +209,46 @@ dump_ids:
   type: dict
   sample:
     web01: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b
+summary:
+  description:
+    - Per VM (the name the dump was started for), what a responder reads about its dump. Role
+      vmforensics.memdump.memdump_acquire shows it as it is.
+  returned: always
+  type: dict
+  sample:
+    web01: {state: completed, dump: new, dump_id: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b, size_bytes: 134480867,
+            sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, paused_sec: 0.31,
+            message: memory-only elf dump completed, reason: null}
+    db01: {state: failed, dump: new, dump_id: 0a1b2c3d4e5f40718293a4b5c6d7e8f9, size_bytes: null, sha256: null,
+           paused_sec: null, message: "VM 'db01' does not exist on qemu:///system; check the name: ...", reason: no_such_vm}
+  contains:
+    state:
+      description: C(completed), C(failed), C(queued) or C(running) (the last two after a timeout or in check mode).
+      type: str
+    dump:
+      description:
+        - V(new) when memdump_trigger started the dump, V(reused) when it got an existing one back.
+        - V(null) when O(dumps) did not say (dump ids only, or O(vms) and O(label)).
+      type: str
+    reason:
+      description:
+        - Why the dump failed, V(null) unless it did. V(no_such_vm) (the host's service does not list the VM) and
+          V(not_running) (listed but not running) fail again the same way on a re-run; V(failed) is anything else.
+        - The service's own C(reason) when its record has one; otherwise decided from the host's VM listing
+          (C(GET /api/vms)), asked once when a dump failed. A service without that listing gives V(failed).
+      type: str
+failure_message:
+  description:
+    - When a dump failed, the message that names each such VM with the service's reason and says what to do
+      (check the name, start the VM, or re-run with the same label); V(null) when none failed.
+    - The task's C(msg) when it fails for failed dumps, and what role vmforensics.memdump.memdump_acquire fails with.
+  returned: always
+  type: str
+  sample: >-
+    Memory acquisition failed for db01: db01 (dump 0a1b2c3d4e5f40718293a4b5c6d7e8f9): VM 'db01' does not exist on
+    qemu:///system; check the name: the domains there are web01. db01: no such VM on this host (its service does not
+    list it), so a re-run fails the same way: check the name against the VMs the host runs and re-run with the
+    corrected name (the same label keeps what succeeded).
 completed:
   description: Names of the VMs whose dump completed.
   returned: always
@@ -239,15 +279,18 @@ elapsed:
 from ansible.module_utils.common.text.converters import to_text
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._vms import FAILED, NO_SUCH_VM, NOT_RUNNING, failure_reasons
 from ansible_collections.vmforensics.memdump.plugins.module_utils._wait import DumpWaiter, WaitTimeout
 
 
 class Target(object):
-    """One dump to wait for: its id (None if memdump_trigger only predicted it) and VM name."""
+    """One dump to wait for: its id (None if memdump_trigger only predicted it), VM name and whether
+    memdump_trigger started it (None when not known)."""
 
-    def __init__(self, dump_id, vm=None):
+    def __init__(self, dump_id, vm=None, created=None):
         self.dump_id = dump_id
         self.vm = vm
+        self.created = created
 
     @property
     def name(self):
@@ -270,8 +313,10 @@ def targets_from_dumps(module, value):
         if isinstance(item, dict):
             if 'dump_id' not in item:
                 module.fail_json(msg='dumps: a record without dump_id: %s' % item)
+            created = item.get('created')
             targets.append(Target(to_text(item['dump_id']) if item['dump_id'] else None,
-                                  to_text(item['vm']) if item.get('vm') else None))
+                                  to_text(item['vm']) if item.get('vm') else None,
+                                  created if isinstance(created, bool) else None))
         elif isinstance(item, (str, bytes)) and item:
             targets.append(Target(to_text(item)))
         else:
@@ -298,14 +343,19 @@ def targets_from_vms(module, client, vms, label):
     return [Target(newest[vm]['dump_id'], vm) for vm in vms]
 
 
-def summarize(targets, records):
-    dumps, completed, failed, pending = [], [], [], []
+def summarize(module, client, targets, records):
+    """The records in target order, the names per state, and the per-VM summary the role shows."""
+    dumps, completed, failed, pending, summary = [], [], [], [], {}
     for target in targets:
         record = records.get(target.dump_id) if target.dump_id else None
         if record is None:
             record = {'vm': target.vm, 'dump_id': target.dump_id, 'state': None,
                       'message': 'not started yet (memdump_trigger ran in check mode)' if not target.dump_id else 'unknown'}
-        name = record.get('vm') or target.name
+        if target.vm and record.get('vm') not in (None, target.vm):
+            # The name the dump was asked for names the evidence; a service answering another VM's record is refused.
+            module.fail_json(msg='the memdump service at %s answered dump %s with the record of VM %r, but it was started for VM %r: '
+                                 'refused' % (client.url, target.dump_id, record.get('vm'), target.vm))
+        name = target.vm or record.get('vm') or target.name
         dumps.append(record)
         state = record.get('state')
         if state == 'completed':
@@ -314,7 +364,37 @@ def summarize(targets, records):
             failed.append(name)
         else:
             pending.append(name)
-    return dumps, completed, failed, pending
+        summary[name] = dict(
+            state=state, dump=None if target.created is None else ('new' if target.created else 'reused'),
+            dump_id=record.get('dump_id'), size_bytes=record.get('size_bytes'), sha256=record.get('sha256'),
+            paused_sec=record.get('paused_sec'), message=record.get('message') or '', reason=None)
+    if failed:
+        reasons = failure_reasons(client, dumps)
+        for name in failed:
+            summary[name]['reason'] = reasons.get(summary[name]['dump_id'], FAILED)
+    return dumps, completed, failed, pending, summary
+
+
+def failure_message(summary):
+    """What the responder reads when dumps failed: each VM with the service's reason, then what to do, by reason."""
+    failed = [(name, s) for name, s in summary.items() if s['state'] == 'failed']
+    if not failed:
+        return None
+
+    def having(reason):
+        return [name for name, s in failed if s['reason'] == reason]
+
+    text = ['Memory acquisition failed for %s: %s.' % (', '.join(name for name, dummy in failed), '; '.join(
+        '%s (dump %s): %s' % (name, s['dump_id'], s['message'] or 'no reason given') for name, s in failed))]
+    if having(NO_SUCH_VM):
+        text.append('%s: no such VM on this host (its service does not list it), so a re-run fails the same way: check the name '
+                    'against the VMs the host runs and re-run with the corrected name (the same label keeps what succeeded).'
+                    % ', '.join(having(NO_SUCH_VM)))
+    if having(NOT_RUNNING):
+        text.append('%s: not running on this host, so it has no memory to dump: start it, or leave it out.' % ', '.join(having(NOT_RUNNING)))
+    if having(FAILED):
+        text.append('Re-run with the same label to retry only %s.' % ', '.join(having(FAILED)))
+    return ' '.join(text)
 
 
 def run(module):
@@ -325,7 +405,8 @@ def run(module):
     else:
         targets = targets_from_vms(module, client, params['vms'], params['label'])
     if not targets:
-        module.exit_json(changed=False, dumps=[], dump_ids={}, completed=[], failed_vms=[], pending=[], elapsed=0.0)
+        module.exit_json(changed=False, dumps=[], dump_ids={}, summary={}, failure_message=None, completed=[], failed_vms=[],
+                         pending=[], elapsed=0.0)
 
     ids = []
     for target in targets:
@@ -363,18 +444,17 @@ def run(module):
         try:
             records, elapsed = waiter.wait(ids, url=client.url, on_first=reject_unknown)
         except WaitTimeout as e:
-            dumps, completed, failed, pending = summarize(targets, e.records)
-            module.fail_json(msg=e.msg, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets),
-                             completed=completed, failed_vms=failed, pending=pending, elapsed=round(e.elapsed, 3))
+            dumps, completed, failed, pending, summary = summarize(module, client, targets, e.records)
+            module.fail_json(msg=e.msg, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets), summary=summary,
+                             failure_message=failure_message(summary), completed=completed, failed_vms=failed, pending=pending,
+                             elapsed=round(e.elapsed, 3))
 
-    dumps, completed, failed, pending = summarize(targets, records)
-    result = dict(changed=False, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets),
-                  completed=completed, failed_vms=failed, pending=pending, elapsed=round(elapsed, 3))
+    dumps, completed, failed, pending, summary = summarize(module, client, targets, records)
+    result = dict(changed=False, dumps=dumps, dump_ids=dict((t.name, t.dump_id) for t in targets), summary=summary,
+                  failure_message=failure_message(summary), completed=completed, failed_vms=failed, pending=pending,
+                  elapsed=round(elapsed, 3))
     if failed and not params['allow_failed']:
-        reasons = ['%s (dump %s): %s' % (r.get('vm') or r.get('dump_id'), r.get('dump_id'), r.get('message') or 'no reason given')
-                   for r in dumps if r.get('state') == 'failed']
-        module.fail_json(msg='%d of %d dump(s) failed on the memdump service at %s: %s' % (
-            len(failed), len(dumps), client.url, '; '.join(reasons)), **result)
+        module.fail_json(msg='%s (memdump service at %s)' % (result['failure_message'], client.url), **result)
     module.exit_json(**result)
 
 

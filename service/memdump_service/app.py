@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from memdump_service import __version__, dumps, health
+from memdump_service import __version__, domains, dumps, health
 from memdump_service.audit import AuditMiddleware
 from memdump_service.auth import credentials_of, guard
 from memdump_service.config import Settings
@@ -52,6 +52,7 @@ def create_app(settings: Settings, manager: t.Optional[JobManager] = None) -> Fa
     app.add_exception_handler(Exception, internal_error)
     app.include_router(health.router)
     app.include_router(dumps.router)
+    app.include_router(domains.router)
     return app
 
 

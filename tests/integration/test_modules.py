@@ -8,7 +8,7 @@ test driver where speed matters.
 import os
 import uuid
 
-from conftest import sha256_file
+from conftest import free_port, sha256_file
 
 TARGETS = os.path.join(os.path.dirname(__file__), 'targets')
 
@@ -251,3 +251,62 @@ def test_tls_ca_path_and_validate_certs(memdump_service, run_playbook, test_driv
     assert any(svc.url in str(w) and 'not trusted' in str(w) for w in info.get('warnings', [])), info
     failing = result.task_results('Info with the untrusted certificate, failing on it')
     assert failing['failed'] and svc.url in failing['msg'] and 'not trusted' in failing['msg'], failing
+
+
+def test_summary_reason_and_host_vms_come_from_the_service(memdump_service, run_playbook, test_driver_uri):
+    """memdump_wait's per-VM summary and failure_message, the reason decided from the service's VM listing,
+    and memdump_info's host_vms (GET /api/vms)."""
+    svc = memdump_service(libvirt_uri=test_driver_uri(['web01', 'db01']))
+    lbl = label()
+    result = run_playbook(play('''
+    - name: Trigger a known and an unknown VM
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01, no-such-vm-4242]
+        label: "{{ lbl }}"
+      register: trigger
+    - name: Wait allowing failures
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ trigger.dumps }}"
+        allow_failed: true
+        wait_timeout: 60
+    - name: Trigger again (reused)
+      vmforensics.memdump.memdump_trigger:
+        vms: [web01]
+        label: "{{ lbl }}"
+      register: again
+    - name: Wait again
+      vmforensics.memdump.memdump_wait:
+        dumps: "{{ again.dumps }}"
+    - name: List the host's VMs and the label's dumps
+      vmforensics.memdump.memdump_info:
+        label: "{{ lbl }}"
+        list_vms: true
+'''), extra_vars={'memdump_url': svc.url, 'lbl': lbl})
+    assert_ok(result)
+    waited = result.task_results('Wait allowing failures')
+    web01, typo = waited['summary']['web01'], waited['summary']['no-such-vm-4242']
+    assert web01['state'] == 'completed' and web01['dump'] == 'new' and web01['reason'] is None
+    assert web01['sha256'] and web01['size_bytes'] > 0 and web01['dump_id'] == waited['dump_ids']['web01']
+    assert typo['state'] == 'failed' and typo['reason'] == 'no_such_vm'
+    message = waited['failure_message']
+    assert message.startswith('Memory acquisition failed for no-such-vm-4242: no-such-vm-4242 (dump %s)' % typo['dump_id'])
+    assert 'no such VM on this host' in message and 'retry only' not in message
+    assert result.task_results('Wait again')['summary']['web01']['dump'] == 'reused'
+    assert result.task_results('Wait again')['failure_message'] is None
+    info = result.task_results("List the host's VMs and the label's dumps")
+    assert [(vm['name'], vm['state'], vm['active']) for vm in info['host_vms']] == [('db01', 'running', True), ('web01', 'running', True)]
+    failed = [d for d in info['dumps'] if d['state'] == 'failed']
+    assert [d['reason'] for d in failed] == ['no_such_vm']
+
+
+def test_info_list_vms_fails_naming_the_url_when_the_service_cannot_say(run_playbook):
+    url = 'http://127.0.0.1:%d' % free_port()
+    result = run_playbook(play('''
+    - name: List the host's VMs
+      vmforensics.memdump.memdump_info:
+        list_vms: true
+      ignore_errors: true
+'''), extra_vars={'memdump_url': url})
+    assert_ok(result)
+    listed = result.task_results("List the host's VMs")
+    assert listed['failed'] and 'cannot say which VMs the host of the memdump service at %s runs' % url in listed['msg']

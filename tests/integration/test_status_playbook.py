@@ -58,3 +58,20 @@ def test_status_of_a_label_counts_the_newest_dump_per_vm(memdump_service, run_pl
     second = summary(status(run_playbook, svc.url, TOKEN, label='IR-STATUS-2'))
     assert sorted(second['completed']) == ['db01', 'web01']
     assert second['complete'] in (True, 'True')
+
+
+def test_status_checks_a_tls_service_with_its_ca(memdump_service, run_playbook, self_signed_cert):
+    cert, key = self_signed_cert
+    svc = memdump_service(libvirt_uri=stack_env('MEMDUMP_TEST_DRIVER_URI'), token=TOKEN, extra_args=['--tls-cert', cert, '--tls-key', key])
+    assert svc.url.startswith('https://')
+    # Without the CA the certificate is not trusted: the host fails, naming the setting to give.
+    untrusted = status(run_playbook, svc.url, TOKEN)
+    assert untrusted.rc != 0
+    failure = untrusted.task_results("Read the service's dumps (fails naming the URL and the reason when the service is unavailable)")
+    assert 'not trusted' in failure['msg'] and 'ca_path' in failure['msg']
+    # The CA as a short extra var, and as the role's inventory variable (a path on the host).
+    for extra in ({'service_ca_path': cert}, {'memdump_acquire_service_ca_path': cert}):
+        trusted = status(run_playbook, svc.url, TOKEN, **extra)
+        assert trusted.rc == 0, trusted.stdout
+        assert summary(trusted)['service'].startswith(svc.url + ': ok')
+    assert status(run_playbook, svc.url, TOKEN, validate_certs=False).rc == 0
