@@ -177,17 +177,24 @@ def test_a_second_deploy_changes_nothing(fleet, deployed, suite):
     assert recap(output, host['name'])['changed'] == 0, output[-8000:]
 
 
-def acquire(fleet, host, label, evidence, **extra):
-    """The acquisition playbook: host-side modules on the hypervisor (loopback, TLS), collection here over HTTPS."""
-    # Until the controller-side settings exist apart (issue 20, item 1), the CA has the same path on both sides.
-    fleet.ssh(host, 'mkdir -p %s' % fleet.workdir)
+HOST_CA = '/root/memdump-fleet-ca.pem'   # the CA where the host-side modules read it (a path on the hypervisor)
+
+
+def put_ca_on_host(fleet, host):
     subprocess.run(['scp', '-q', '-i', fleet.key, '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-                    fleet.ca, 'root@%s:%s' % (host['address'], fleet.ca)], check=True, timeout=60)
+                    fleet.ca, 'root@%s:%s' % (host['address'], HOST_CA)], check=True, timeout=60)
+
+
+def acquire(fleet, host, label, evidence, **extra):
+    """The acquisition playbook: host-side modules on the hypervisor (loopback, TLS, the CA there), the collection on
+    this machine over HTTPS to the host's address (the CA here): two endpoints, each with its own settings."""
+    put_ca_on_host(fleet, host)
     extra_vars = {'memdump_hosts': host['name'], 'label': label, 'vms': host['vm'], 'collect': True,
                   'evidence_dir': str(evidence), 'wait_timeout': 300,
                   'memdump_service_url': 'https://127.0.0.1:%d' % PORT, 'memdump_service_token': TOKEN,
+                  'memdump_acquire_service_ca_path': HOST_CA,
                   'memdump_acquire_collect_url': 'https://%s:%d' % (host['address'], PORT),
-                  'memdump_acquire_ca_path': fleet.ca}
+                  'memdump_acquire_collect_ca_path': fleet.ca}
     extra_vars.update(extra)
     result = playbook(fleet, 'vmforensics.memdump.acquire', extra_vars)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -208,6 +215,17 @@ def test_memory_only_and_live_dumps_are_taken_and_collected_over_https(fleet, de
     assert magic[:4] == b'\x7fELF' and entry['method'] == 'memory-only', entry
     entry, magic = acquire(fleet, host, 'IR-FLEET-%s-LIVE' % suite.upper(), tmp_path / 'live', method='live')
     assert magic[:4] == b'QEVM' and entry['method'] == 'live', entry
+
+    # The status playbook checks the host's service with the private CA (host side), and says the incident is complete.
+    status = playbook(fleet, 'vmforensics.memdump.status', {
+        'memdump_hosts': host['name'], 'label': 'IR-FLEET-%s-LIVE' % suite.upper(), 'service_ca_path': HOST_CA,
+        'memdump_service_url': 'https://127.0.0.1:%d' % PORT, 'memdump_service_token': TOKEN})
+    assert status.returncode == 0, (status.stdout + status.stderr)[-6000:]
+    assert '"complete": true' in status.stdout, status.stdout[-4000:]
+    # Without the CA the same check is refused by TLS: the CA is what makes it pass.
+    refused = playbook(fleet, 'vmforensics.memdump.status', {
+        'memdump_hosts': host['name'], 'memdump_service_url': 'https://127.0.0.1:%d' % PORT, 'memdump_service_token': TOKEN})
+    assert refused.returncode != 0 and 'CERTIFICATE_VERIFY_FAILED' in refused.stdout, refused.stdout[-4000:]
 
 
 def test_a_redeploy_waits_for_the_running_dump(fleet, deployed):
