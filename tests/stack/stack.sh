@@ -687,7 +687,8 @@ fleet_host_down() {  # host
   fi
   stop_pid "$stack_dir/fleet-$host.pid"
   root=$(cat "$stack_dir/fleet-$host.root" 2>/dev/null || true)
-  case $root in /var/tmp/memdump-fleet-?*) rm -rf --one-file-system "$root" ;; esac
+  # A last process of the container may still be writing its files for a moment after nspawn exits.
+  case $root in /var/tmp/memdump-fleet-?*) rm -rf --one-file-system "$root" 2>/dev/null || { sleep 1; rm -rf --one-file-system "$root"; } ;; esac
   rm -f "$stack_dir/fleet-$host.root"
 }
 
