@@ -5,7 +5,7 @@
 #   tests/run.sh all                 everything, as CI does
 #   tests/run.sh LAYER [args]        one layer against an already running stack (tests/stack/stack.sh up)
 #
-# Layers: service, pythons, units, integration, sanity, lint, molecule, build.
+# Layers: service, pythons, units, integration, sanity, core-oldest, core-newest, lint, galaxy, molecule, build.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,6 +53,64 @@ collections_path() {
   echo "$root"
 }
 
+# X.Y of the venv's Python (ansible-test runs its tests with it).
+python_version() { python -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+# A venv of a layer's own, from a lock, with the service installed (editable) and the system's python3-libvirt;
+# rebuilt only when the lock changes. In tests/output/venvs/NAME (git-ignored, out of the tarball).
+layer_venv() {  # name lock
+  local dir=$repo/tests/output/venvs/$1 want
+  want=$(cat "$2" "$repo/service/pyproject.toml" /etc/debian_version | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir/.memdump-stamp" 2>/dev/null)" != "$want" ]; then
+    echo "creating the virtual environment $dir from ${2#"$repo"/} (pip's output: $dir/install.log)" >&2
+    rm -rf "$dir"
+    /usr/bin/python3 -m venv --system-site-packages "$dir" || return 1
+    {
+      "$dir/bin/pip" install --require-hashes --only-binary :all: -r "$2" &&
+      if grep -q "^fastapi==" "$2"; then "$dir/bin/pip" install --no-deps --no-build-isolation -e "$repo/service"; fi
+    } > "$dir/install.log" 2>&1 || { tail -20 "$dir/install.log" >&2; echo "venv install failed (see $dir/install.log)" >&2; return 1; }
+    echo "$want" > "$dir/.memdump-stamp"
+  fi
+  echo "$dir"
+}
+
+# The integration tests that run on the oldest and the newest ansible-core too (about 2.5 of the 4 minutes their
+# files take): the host-side modules through real ansible-playbook against the real service on QEMU guests, with a
+# token and with TLS (ca_path, validate_certs); the acquire role and playbook with the InfluxDB callback and the
+# report playbook; the controller-side action plugins: collect refusing a hostile service's names, the signed
+# custody log, verify finding a tampered image, delete. Everything else runs on the 2.19 layers only.
+core_integration=(
+  test_modules.py::test_targets_on_qemu test_modules.py::test_token test_modules.py::test_tls_ca_path_and_validate_certs
+  test_acquire_playbook.py::test_acquire_twice_same_label_changes_and_downloads_nothing
+  test_custody.py::test_hostile_names_and_bodies_are_refused test_custody.py::test_acquire_verify_tamper_recipe
+)
+
+# ansible-test sanity (empty ignore files) and the integration subset with one ansible-core, in a venv of its own.
+core_layer() {  # name
+  local name=$1 venv rc=0; shift
+  venv=$(layer_venv "ansible-$name" "$repo/tests/requirements-ansible-$name.lock") || return 1
+  MEMDUMP_VENV=$venv bash "$stack" ansible-test-pip || return 1
+  log "ansible-core $("$venv/bin/python" -c 'import ansible; print(ansible.__version__)') on Python $("$venv/bin/python" --version | cut -d' ' -f2): sanity"
+  MEMDUMP_VENV=$venv bash "$repo/tests/run.sh" sanity || rc=1
+  log "ansible-core $name: integration tests ${core_integration[*]}"
+  MEMDUMP_VENV=$venv MEMDUMP_RESULTS_DIR=$results/core-$name bash "$repo/tests/run.sh" integration \
+    "${core_integration[@]/#/$repo/tests/integration/}" "$@" || rc=1
+  cp "$results/core-$name/integration.xml" "$results/core-$name.xml" 2>/dev/null || rc=1
+  return $rc
+}
+
+layer_core-oldest() { core_layer oldest "$@"; }
+
+# ansible-core 2.20 and later need Python 3.12 or later: a Debian 13 root (Python 3.13) on this machine's /tmp and
+# libvirtd, so the stack (guests, InfluxDB, the env file) is the one the other layers use.
+layer_core-newest() {
+  load_stack_env
+  mkdir -p "$results"
+  DEBIAN_ROOT_HOST_TMP=1 bash "$repo/tests/stack/debian_root.sh" run trixie \
+    env MEMDUMP_STACK_DIR="${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}" MEMDUMP_RESULTS_DIR="$results" \
+    bash "$repo/tests/run.sh" core-in-root newest "$@"
+}
+
 # One JUnit file, named for the layer, from several, so the summary can count the layer on its own.
 merge_junit() {  # out files...
   python - "$@" <<'PY'
@@ -88,8 +146,8 @@ layer_pythons() {
   mkdir -p "$results"
   for suite in ${MEMDUMP_PYTHONS_SUITES:-bullseye trixie}; do
     log "service tests on Debian $suite"
-    DEBIAN_ROOT_OUT=$results bash "$repo/tests/stack/debian_root.sh" run "$suite" \
-      bash /repo/tests/stack/service_tests_in_root.sh "pythons-$suite" "$@" || rc=1
+    bash "$repo/tests/stack/debian_root.sh" run "$suite" \
+      bash "$repo/tests/stack/service_tests_in_root.sh" "$results/pythons-$suite.xml" "$@" || rc=1
     if [ -f "$results/pythons-$suite.xml" ]; then xml+=("$results/pythons-$suite.xml"); else rc=1; fi
   done
   merge_junit "$results/pythons.xml" "${xml[@]}"
@@ -98,7 +156,7 @@ layer_pythons() {
 
 layer_units() {
   local dest rc; dest=$(collection_copy) || return 1
-  (cd "$dest" && ansible-test units --venv --python 3.11 --requirements "$@")
+  (cd "$dest" && ansible-test units --venv --python "$(python_version)" --requirements "$@")
   rc=$?
   mkdir -p "$results"
   if ! compgen -G "$dest/tests/output/junit/*.xml" >/dev/null; then
@@ -120,7 +178,7 @@ layer_sanity() {
   if compgen -G "$repo/tests/sanity/ignore-*.txt" >/dev/null; then
     echo "tests/sanity/ignore-*.txt must not exist: fix the code instead"; return 1
   fi
-  (cd "$dest" && ansible-test sanity --local --python 3.11 --requirements "$@") 2>&1 | tee "$dest/../sanity.log"
+  (cd "$dest" && ansible-test sanity --local --python "$(python_version)" --requirements "$@") 2>&1 | tee "$dest/../sanity.log"
   rc=${PIPESTATUS[0]}
   # ansible-test passes a sanity run that found nothing to check; that run tested nothing.
   if grep -q "All targets skipped" "$dest/../sanity.log"; then
@@ -155,13 +213,50 @@ layer_build() {
   (cd "$repo" && ansible-galaxy collection build --force --output-path "$out" >/dev/null) || { rm -rf "$out"; return 1; }
   list=$(tar -tzf "$out"/vmforensics-memdump-*.tar.gz)
   rm -rf "$out"
-  # Litter and what only developers use (benchmarks, local builds of the service) stay out.
-  bad=$(grep -E '(^|/)(tests/output|\.ansible|\.venv|__pycache__|\.stack|bench|service/build|[^/]*\.egg-info)(/|$)' <<< "$list" | head -5)
-  if [ -n "$bad" ]; then echo "build litter in the tarball: $bad"; return 1; fi
-  for f in MANIFEST.json FILES.json plugins/modules/memdump_trigger.py roles/memdump_service/tasks/main.yml service/requirements.lock; do
+  # Only what users run and read: litter and what only developers use (the test suite and its stack, CI, the
+  # service's tests, molecule, benchmarks, changelog fragments, local builds of the service) stay out.
+  bad=$(grep -E '^(Makefile|\.ci|\.ansible-lint|\.gitignore|tests|service/tests|extensions|bench|changelogs/fragments|service/build)(/|$)|(^|/)(\.ansible|\.venv|__pycache__|\.stack|\.pytest_cache|[^/]*\.egg-info)(/|$)' <<< "$list" | head -5)
+  if [ -n "$bad" ]; then echo "the tarball holds what only developers use: $bad"; return 1; fi
+  for f in MANIFEST.json FILES.json README.md plugins/modules/memdump_trigger.py plugins/action/memdump_collect.py \
+    roles/memdump_service/tasks/main.yml roles/memdump_service/README.md roles/memdump_acquire/README.md \
+    playbooks/acquire.yml meta/runtime.yml service/pyproject.toml service/requirements.lock service/memdump_service/app.py \
+    changelogs/changelog.yaml docs/runbook.md; do
     grep -qx "$f" <<< "$list" || { echo "the tarball lacks $f"; return 1; }
   done
   echo "collection tarball is clean ($(wc -l <<< "$list") entries)"
+}
+
+# What Galaxy and Automation Hub run on an upload: galaxy-importer (with its ansible-lint step) on the built tarball;
+# and antsibull-docs' lint of the documentation (plugins, roles, changelog), in a venv of their own.
+layer_galaxy() {
+  local venv out dest rc=0
+  venv=$(layer_venv galaxy "$repo/tests/requirements-galaxy.lock") || return 1
+  dest=$(collection_copy) || return 1
+  out=$dest/../galaxy
+  mkdir -p "$out"
+  # Galaxy refuses a collection without `repository`, and galaxy.yml names none until the project has its public
+  # address (no placeholder is published): the copy under test gets this clone's https origin, or a stand-in, and
+  # the layer says that an upload needs the real one.
+  if ! grep -q '^repository:' "$dest/galaxy.yml"; then
+    local origin; origin=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
+    case $origin in https://*) ;; *) origin=https://repository.invalid/vmforensics/memdump ;; esac
+    echo "layer galaxy: galaxy.yml has no 'repository'; Galaxy refuses an upload without it (set it to the project's" \
+      "public repository). The import below uses $origin." >&2
+    echo "repository: $origin" >> "$dest/galaxy.yml"
+  fi
+  (cd "$dest" && "$venv/bin/ansible-galaxy" collection build --force --output-path "$out" >/dev/null) || return 1
+  printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' > "$out/importer.cfg"
+  log "galaxy-importer $("$venv/bin/pip" show galaxy-importer 2>/dev/null | sed -n 's/^Version: //p') on $(basename "$out"/vmforensics-memdump-*.tar.gz)"
+  (cd "$out" && GALAXY_IMPORTER_CONFIG=$out/importer.cfg "$venv/bin/python" -m galaxy_importer.main \
+    "$out"/vmforensics-memdump-*.tar.gz) > "$out/importer.log" 2>&1 || rc=1
+  cat "$out/importer.log"
+  # The importer reports lint findings and refusals as lines of its log, and can exit 0 with them.
+  if grep -E "^(ERROR|WARNING)|The import failed" "$out/importer.log" | grep -v "Location 'file" >/dev/null; then
+    echo "layer galaxy: galaxy-importer reported errors or warnings (above)" >&2; rc=1
+  fi
+  log "antsibull-docs lint-collection-docs"
+  (cd "$dest" && PATH="$venv/bin:$PATH" antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .) || rc=1
+  return $rc
 }
 
 # "passed failed skipped" of one pytest layer's JUnit file (0 0 0 when it wrote none).
@@ -187,11 +282,11 @@ cmd_all() {
   MEMDUMP_STACK_SYSTEMD_HOST=1 bash "$stack" up || { echo "0 passed, 1 failed"; exit 1; }
   rm -rf "$results" "$repo"/tests/output/collection.*
   local layer ok failed_layers=() passed=0 failed=0 skipped=0 p f s lines=()
-  for layer in service pythons units integration sanity lint molecule build; do
+  for layer in service pythons units integration sanity core-oldest core-newest lint galaxy molecule build; do
     log "layer: $layer"
     if "layer_$layer"; then ok=1; else ok=0; fi
     case $layer in
-      service|pythons|units|integration)
+      service|pythons|units|integration|core-oldest|core-newest)
         # Every test case counts; a layer that failed without a failing case (a collection error,
         # nothing collected) counts as one failure, and one that passed without a case as one too.
         read -r p f s < <(junit_counts "$results/$layer.xml")
@@ -214,6 +309,7 @@ cmd_all() {
 
 case "${1:-all}" in
   all) cmd_all ;;
-  service|pythons|units|integration|sanity|lint|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
-  *) echo "usage: $0 [all|service|pythons|units|integration|sanity|lint|molecule|build] [args]" >&2; exit 2 ;;
+  service|pythons|units|integration|sanity|core-oldest|core-newest|lint|galaxy|molecule|build) l=$1; shift; "layer_$l" "$@" ;;
+  core-in-root) shift; core_layer "$@" ;;  # what core-newest runs inside its Debian 13 root
+  *) echo "usage: $0 [all|service|pythons|units|integration|sanity|core-oldest|core-newest|lint|galaxy|molecule|build] [args]" >&2; exit 2 ;;
 esac

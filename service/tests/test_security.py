@@ -359,7 +359,11 @@ def test_held_long_polls_are_capped(gate, settings):
                 for _number in range(2)]
         for thread in held:
             thread.start()
-        time.sleep(0.5)
+        # Both long-polls held before the third asks (a fixed sleep was too short on a loaded machine).
+        notifier = client.app.state.jobs.notifier
+        deadline = time.monotonic() + 10
+        while len(notifier._waiters) < 2 and time.monotonic() < deadline:  # pylint: disable=protected-access
+            time.sleep(0.01)
         started = time.monotonic()
         extra = client.get(f"/api/dumps/{dump_id}", params={"wait": 10, "marker": marker})
         elapsed = time.monotonic() - started

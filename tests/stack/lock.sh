@@ -4,6 +4,8 @@
 #   service/requirements.in -> service/requirements.lock  (the service, installed as root by the role; Python 3.9+)
 #   tests/requirements.in   -> tests/requirements.lock    (the test venv; the service's versions as above)
 #   tests/requirements-service.in -> tests/requirements-service.lock  (the service's tests on Python 3.9 to 3.13)
+#   tests/requirements-ansible-{oldest,newest}.in -> .lock  (ansible-core 2.16 and 2.21 for the core-* layers)
+#   tests/requirements-galaxy.in  -> tests/requirements-galaxy.lock   (galaxy-importer, antsibull-docs)
 # Change a version in an .in file, run `make lock`, commit the .in and .lock files together.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,4 +27,8 @@ compile() {  # input output python [constraint]
 compile "$repo/service/requirements.in" "$repo/service/requirements.lock" 3.9
 compile "$repo/tests/requirements.in" "$repo/tests/requirements.lock" 3.11 "$repo/service/requirements.lock"
 compile "$repo/tests/requirements-service.in" "$repo/tests/requirements-service.lock" 3.9 "$repo/service/requirements.lock"
+# The oldest and the newest ansible-core tested (the newest needs Python 3.12+: it runs in a Debian 13 root, 3.13).
+compile "$repo/tests/requirements-ansible-oldest.in" "$repo/tests/requirements-ansible-oldest.lock" 3.11 "$repo/service/requirements.lock"
+compile "$repo/tests/requirements-ansible-newest.in" "$repo/tests/requirements-ansible-newest.lock" 3.13 "$repo/service/requirements.lock"
+compile "$repo/tests/requirements-galaxy.in" "$repo/tests/requirements-galaxy.lock" 3.11
 echo "lock files written: service/requirements.lock, tests/requirements*.lock"

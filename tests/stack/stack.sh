@@ -88,7 +88,7 @@ install_ansible_test_pip() {
   # ansible-test downloads a get-pip script from a host that is not reachable here: give it a
   # stand-in that installs the pip wheel it asks for, fetched from PyPI.
   local ver cache=~/.ansible/test/cache
-  ver=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
+  ver=$("$venv/bin/python" -c 'import sys; from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "%d.%d" % sys.version_info[:2]})())["pip"])')
   mkdir -p "$cache"
   if [ ! -f "$cache/pip-$ver-py3-none-any.whl" ]; then
     "$venv/bin/pip" download -q --no-deps -d "$cache" "pip==$ver" 2>&1 | grep -v "is ignored" || true
@@ -776,5 +776,6 @@ case "${1:-}" in
   fleet-up) cmd_fleet_up ;;
   fleet-down) cmd_fleet_down ;;
   fleet-build) for s in "${fleet_suites[@]}"; do cached_fleet_root "$s" >/dev/null || exit 1; done ;;
+  ansible-test-pip) install_ansible_test_pip ;;  # for another venv's ansible-test (MEMDUMP_VENV): tests/run.sh core-*
   *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|linux-up|systemd-host-up|systemd-host-down|fleet-up|fleet-down|fleet-build" >&2; exit 2 ;;
 esac
