@@ -275,3 +275,30 @@ def test_a_redeploy_waits_for_the_running_dump(fleet, deployed):
     # Put the fleet back as the other tests expect it.
     back = playbook(fleet, 'vmforensics.memdump.deploy_service', deploy_vars(fleet), limit=host['name'])
     assert back.returncode == 0, (back.stdout + back.stderr)[-6000:]
+
+
+def test_removal_refuses_to_interrupt_a_running_dump(fleet, deployed, tmp_path):
+    """state=absent with a short drain timeout while a dump cannot finish (its QEMU stopped): refused, nothing removed."""
+    host = fleet.host('trixie')
+    assert recap(deployed.stdout, host['name'])['failed'] == 0, deployed.stdout[-6000:]
+    base, context = 'https://%s:%d' % (host['address'], PORT), fleet.context()
+    qemu = fleet.ssh(host, 'cat /run/libvirt/qemu/%s.pid' % host['vm']).stdout.strip()
+    fleet.ssh(host, 'kill -STOP %s' % qemu)
+    try:
+        status, body = http_json(base, 'POST', '/api/dumps', {'vms': [host['vm']], 'label': 'IR-FLEET-ABSENT', 'force': True},
+                                 token=TOKEN, context=context)
+        assert status == 202, body
+        dump_id = body['dumps'][0]['dump_id']
+        poll_until(lambda: http_json(base, 'GET', '/health', context=context)[1]['queue']['running'] == 1, 60,
+                   interval=0.5, what='the dump running')
+        gone = playbook(fleet, 'vmforensics.memdump.deploy_service',
+                        deploy_vars(fleet, memdump_service_state='absent', memdump_service_drain_timeout=10), limit=host['name'])
+        output = gone.stdout + gone.stderr
+        assert gone.returncode != 0, output[-6000:]
+        assert 'still has 1 dump(s) running' in output and 'Nothing was removed' in output, output[-6000:]
+        assert fleet.ssh(host, 'systemctl is-active memdump.service').stdout.strip() == 'active'
+        assert fleet.ssh(host, 'test -f /etc/memdump/memdump.env && test -x /opt/memdump/venv/bin/python', check=False).returncode == 0
+    finally:
+        fleet.ssh(host, 'kill -CONT %s' % qemu, check=False)
+    poll_until(lambda: http_json(base, 'GET', '/api/dumps/' + dump_id, token=TOKEN, context=context)[1]['state'] == 'completed',
+               120, interval=0.5, what='the dump completed')
