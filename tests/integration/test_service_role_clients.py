@@ -11,6 +11,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -144,3 +145,25 @@ def test_a_user_libvirt_refuses_fails_the_deployment_and_says_what_to_do(run_pla
         assert status == 200 and health['libvirt']['connected'], health
     finally:
         run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_state='absent'))
+
+
+def test_a_host_without_libvirt_bindings_is_refused_before_anything_changes(run_playbook, service_root, tmp_path):
+    """A real Python without the libvirt bindings (a venv without system site packages) and no package installation."""
+    root, port = service_root, free_port()
+    bare = tmp_path / 'bare-python'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True)
+    result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_python=str(bare / 'bin' / 'python'),
+                                                     memdump_service_install_packages=False))
+    assert result.rc != 0
+    msg = result.role_task_results("Check the host's Python, init system and distribution")['msg']
+    assert 'has no libvirt bindings' in msg and 'python3-libvirt' in msg and 'Nothing was changed on the host' in msg, msg
+    assert not os.path.exists(root)
+
+
+def test_no_python_at_the_given_path_is_refused_before_anything_changes(run_playbook, service_root):
+    root, port = service_root, free_port()
+    result = run_playbook(PLAY, extra_vars=role_vars(root, port, [], memdump_service_python='/nonexistent/python3'))
+    assert result.rc != 0
+    msg = result.role_task_results("Check the host's Python, init system and distribution")['msg']
+    assert 'there is no working Python at /nonexistent/python3' in msg, msg
+    assert not os.path.exists(root)

@@ -21,6 +21,11 @@
 #                         known blobs placed by QEMU's loader below and above 4 GiB, and a 1 GiB `pc` one
 #                         that keeps rewriting 64 MiB; writes $MEMDUMP_STACK_DIR/convert-env
 #   stack.sh convert-down remove only what convert-up created
+#   stack.sh fleet-up     (part of `up` for qemu when MEMDUMP_STACK_SYSTEMD_HOST=1) hypervisors apart from this
+#                         machine: Debian 11, 12 and 13 booted with systemd-nspawn, each in its own network
+#                         namespace (198.18.<release>.2, no route out), with sshd, libvirtd and a tiny guest;
+#                         writes $MEMDUMP_STACK_DIR/fleet.json
+#   stack.sh fleet-down   power them off and remove them (`down` does this too)
 #
 # `up` writes $MEMDUMP_STACK_DIR/env (shell exports) describing what runs where.
 set -euo pipefail
@@ -241,6 +246,13 @@ cmd_up() {
       (cmd_systemd_host_down) || true
       echo "export MEMDUMP_SYSTEMD_HOST_UNAVAILABLE='systemd-nspawn could not boot the systemd host here (see the stack log)'" >> "$env"
     fi
+    # The fleet (hypervisors apart from this machine) comes with the systemd host; a host that cannot boot is
+    # recorded as unavailable in fleet.json, and its tests skip naming why.
+    if [ "${MEMDUMP_STACK_SYSTEMD_HOST:-0}" = 1 ] && ! (cmd_fleet_up); then
+      log "the fleet could not be brought up; its tests skip"
+      (cmd_fleet_down) || true
+      echo "export MEMDUMP_FLEET_UNAVAILABLE='the fleet could not be brought up here (see the stack log)'" >> "$env"
+    fi
   fi
 
   start_influxdb influxdb "$influx_port" false
@@ -274,6 +286,7 @@ cmd_down() {
   [ -d "$stack_dir" ] || return 0
   cmd_systemd_host_down
   cmd_convert_down
+  cmd_fleet_down
   if [ -f "$stack_dir/guests" ]; then
     while read -r g; do
       [ -n "$g" ] || continue
@@ -493,6 +506,212 @@ cmd_systemd_host_down() {
   log "systemd-host-down"
 }
 
+# The fleet: hypervisors apart from this machine (the controller). Each is a Debian root booted by systemd-nspawn
+# with its own network namespace (--network-veth): 198.18.<release>.2 inside, .1 on this side, no default route
+# and no NAT, so nothing inside reaches a package registry, as on an air-gapped hypervisor. The roots are built
+# once per machine (with this machine's network) and cached; a host that cannot boot is recorded as unavailable
+# in fleet.json, so that its tests skip with the reason.
+read -ra fleet_suites <<< "${MEMDUMP_STACK_FLEET_SUITES:-bullseye bookworm trixie}"
+fleet_prefix=${MEMDUMP_STACK_FLEET_PREFIX:-hv-}
+# First two octets of the fleet's addresses (198.18.0.0/15 is for benchmarks and tests, RFC 2544).
+fleet_net=${MEMDUMP_STACK_FLEET_NET:-198.18}
+# What a hypervisor brings from its own repositories before the deploy (the README's list), plus sshd, sudo
+# and an active nftables firewall that drops what it does not allow.
+fleet_packages=(libvirt-daemon-system qemu-system-x86 python3-libvirt python3-venv python3-packaging
+  openssh-server sudo nftables)
+
+declare -A fleet_release=([bullseye]=11 [bookworm]=12 [trixie]=13)
+
+fleet_pid() { cat "$stack_dir/fleet-$1.pid" 2>/dev/null; }
+fleet_leader() { pgrep -P "$(fleet_pid "$1")" 2>/dev/null | head -1; }
+fleet_run() { local host=$1; shift; nsenter -t "$(fleet_leader "$host")" -a "$@"; }
+
+fleet_boot_wait() {  # host pidfile log seconds: wait for systemd inside to finish booting
+  local host=$1 started=$SECONDS state=""
+  while [ $((SECONDS - started)) -lt "$4" ]; do
+    if [ -n "$(pgrep -P "$(cat "$2")" 2>/dev/null | head -1)" ]; then
+      state=$(nsenter -t "$(pgrep -P "$(cat "$2")" | head -1)" -a systemctl is-system-running 2>/dev/null || true)
+      case $state in running|degraded) echo "$state"; return 0 ;; esac
+    fi
+    pidfile_alive "$2" || { log "$host: systemd-nspawn exited: see $3"; return 1; }
+    sleep 1
+  done
+  log "$host did not boot within $4 s (state '$state'): see $3"
+  return 1
+}
+
+cached_fleet_root() {  # suite: prints the path of the suite's prepared root tarball, building it the first time
+  local suite=$1 key tarball tmp pidfile logf state
+  key=$(echo "$suite ${fleet_packages[*]} no-recommends cgroup_controllers=[] nftables-drop v1" | sha256sum | cut -c1-12)
+  tarball=$kernel_cache/fleet-$suite-$key.tgz
+  if [ -s "$tarball" ]; then echo "$tarball"; return 0; fi
+  mkdir -p "$kernel_cache"
+  logf=$kernel_cache/fleet-$suite-build.log
+  tmp=$(mktemp -d "/var/tmp/memdump-fleet-build-$suite.XXXXXX")
+  chmod 0755 "$tmp"   # the container's /: dbus, polkitd and QEMU run as other users
+  log "building the $suite root of the fleet (debootstrap, then libvirt in the booted root; once per machine: $logf)"
+  # Step 1: the base. The client's default mirror; libvirt's packages do not configure in a chroot (polkitd).
+  if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,python3,iproute2 \
+      "$suite" "$tmp" > "$logf" 2>&1; then
+    log "debootstrap $suite failed: see $logf"; rm -rf --one-file-system "$tmp"; return 1
+  fi
+  cp /etc/resolv.conf "$tmp/etc/resolv.conf"
+  cp /etc/ssl/certs/ca-certificates.crt "$tmp/etc/ssl/certs/ca-certificates.crt"
+  # No daemon starts during the install: the build boots with this machine's network (sshd would take port 22 here).
+  printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"
+  chmod 0755 "$tmp/usr/sbin/policy-rc.d"
+  # Step 2: boot it with the shared network and install libvirt & co. under a running systemd and dbus.
+  pidfile=$stack_dir/fleet-build-$suite.pid
+  mkdir -p "$stack_dir"
+  setsid systemd-nspawn -D "$tmp" --boot --register=no --keep-unit --machine="memdump-build-$suite" --capability=all \
+    >> "$logf" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  if ! state=$(fleet_boot_wait "build-$suite" "$pidfile" "$logf" 120) ||
+     ! nsenter -t "$(pgrep -P "$(cat "$pidfile")" | head -1)" -a bash -c \
+       "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${fleet_packages[*]} && apt-get clean" \
+       >> "$logf" 2>&1; then
+    log "installing ${fleet_packages[*]} into the $suite root failed: see $logf"
+    nsenter -t "$(pgrep -P "$(cat "$pidfile")" | head -1)" -a systemctl poweroff >/dev/null 2>&1 || true
+    for _ in $(seq 1 300); do pidfile_alive "$pidfile" || break; sleep 0.1; done
+    stop_pid "$pidfile"; rm -rf --one-file-system "$tmp"; return 1
+  fi
+  nsenter -t "$(pgrep -P "$(cat "$pidfile")" | head -1)" -a systemctl poweroff >/dev/null 2>&1 || true
+  for _ in $(seq 1 300); do pidfile_alive "$pidfile" || break; sleep 0.1; done
+  stop_pid "$pidfile"
+  rm -f "$tmp/usr/sbin/policy-rc.d"
+  # The container's cgroup tree is read-only: QEMU guests do not start unless libvirt leaves cgroups alone.
+  sed -i 's/^#\?\s*cgroup_controllers = .*/cgroup_controllers = [ ]/' "$tmp/etc/libvirt/qemu.conf"
+  grep -q '^cgroup_controllers = \[ \]' "$tmp/etc/libvirt/qemu.conf" || echo 'cgroup_controllers = [ ]' >> "$tmp/etc/libvirt/qemu.conf"
+  # A host firewall that drops what it does not allow: the service role must open its port.
+  cat > "$tmp/etc/nftables.conf" <<'NFT'
+#!/usr/sbin/nft -f
+flush ruleset
+table inet filter {
+  chain input {
+    type filter hook input priority filter; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+    meta l4proto { icmp, ipv6-icmp } accept
+    tcp dport 22 accept
+  }
+}
+NFT
+  chroot "$tmp" systemctl enable nftables.service ssh.service >> "$logf" 2>&1
+  tar -C "$tmp" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+  rm -rf --one-file-system "$tmp"
+  log "the $suite root is built ($(du -h "$tarball" | cut -f1))"
+  echo "$tarball"
+}
+
+fleet_host_up() {  # suite: boot one host; prints its JSON entry (unavailable: the reason)
+  local suite=$1 host=$fleet_prefix$1 rel=${fleet_release[$1]:-} tarball root addr gw veth started state
+  local logf=$stack_dir/fleet-$host.log key=$stack_dir/fleet-key
+  [ -n "$rel" ] || { log "unknown suite $suite (known: ${!fleet_release[*]})"; return 1; }
+  addr=$fleet_net.$rel.2 gw=$fleet_net.$rel.1 veth=ve-$host
+  veth=${veth:0:15}
+  root=/var/tmp/memdump-fleet-$host
+  tarball=$(cached_fleet_root "$suite") || return 1
+  rm -rf --one-file-system "$root"
+  mkdir -p "$root"
+  tar -C "$root" -xzf "$tarball"
+  chmod 0755 "$root"
+  echo "$root" > "$stack_dir/fleet-$host.root"
+  # No resolver, no CA bundle of this machine's, no pip configuration: the host reaches nothing but its controller.
+  : > "$root/etc/resolv.conf"
+  echo "$host" > "$root/etc/hostname"
+  install -d -m 0700 "$root/root/.ssh"
+  install -m 0600 "$key.pub" "$root/root/.ssh/authorized_keys"
+  printf 'PasswordAuthentication no\nUseDNS no\n' > "$root/etc/ssh/sshd_config.d/memdump-stack.conf"
+  started=$SECONDS
+  setsid systemd-nspawn -D "$root" --boot --register=no --keep-unit --machine="$host" --capability=all \
+    --network-veth > "$logf" 2>&1 < /dev/null &
+  echo $! > "$stack_dir/fleet-$host.pid"
+  state=$(fleet_boot_wait "$host" "$stack_dir/fleet-$host.pid" "$logf" 120) || return 1
+  # Addresses on both ends of the veth pair; no default route inside: there is no way out.
+  fleet_run "$host" ip addr add "$addr/24" dev host0
+  fleet_run "$host" ip link set host0 up
+  ip addr add "$gw/24" dev "$veth"
+  ip link set "$veth" up
+  guest_xml "$host-tiny" 64 > "$root/root/guest.xml"
+  fleet_run "$host" virsh -c qemu:///system define /root/guest.xml >/dev/null
+  fleet_run "$host" virsh -c qemu:///system start "$host-tiny" >/dev/null
+  for _ in $(seq 1 100); do
+    ssh -q -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2 \
+      "root@$addr" true 2>/dev/null && break
+    sleep 0.2
+  done
+  local python
+  python=$(fleet_run "$host" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  log "fleet-up: $host ($state, Debian $rel, Python $python) at $addr after $((SECONDS - started)) s"
+  printf '{"name": "%s", "suite": "%s", "release": %s, "address": "%s", "controller_address": "%s", "python": "%s", "vm": "%s", "vm_mib": 64}' \
+    "$host" "$suite" "$rel" "$addr" "$gw" "$python" "$host-tiny"
+}
+
+cmd_fleet_up() {
+  need_root
+  [ -f "$stack_dir/env" ] || { log "fleet-up needs a running stack: run '$0 up' first"; exit 1; }
+  if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "systemd-nspawn or debootstrap is missing: run '$0 install'"; exit 1
+  fi
+  cmd_fleet_down
+  local key=$stack_dir/fleet-key suite entry entries=() host pids=()
+  # Roots not yet cached are built side by side (mostly downloads; about 5 minutes for all three here).
+  for suite in "${fleet_suites[@]}"; do
+    cached_fleet_root "$suite" >/dev/null &
+    pids+=($!)
+  done
+  for entry in "${pids[@]}"; do wait "$entry" || true; done
+  rm -f "$key" "$key.pub"
+  ssh-keygen -q -t ed25519 -N '' -C memdump-fleet -f "$key"
+  for suite in "${fleet_suites[@]}"; do
+    host=$fleet_prefix$suite
+    echo "$host" >> "$stack_dir/fleet-hosts"
+    if entry=$(fleet_host_up "$suite"); then
+      entries+=("$entry")
+    else
+      log "$host is not available; the end of its log:"
+      tail -n 15 "$stack_dir/fleet-$host.log" >&2 2>/dev/null || true
+      fleet_host_down "$host"
+      entries+=("$(printf '{"name": "%s", "suite": "%s", "unavailable": "systemd-nspawn could not boot %s here (see %s)"}' \
+        "$host" "$suite" "$host" "$stack_dir/fleet-$host.log")")
+    fi
+  done
+  (IFS=,; echo "[${entries[*]}]") > "$stack_dir/fleet.json"
+  grep -v '^export MEMDUMP_FLEET_' "$stack_dir/env" > "$stack_dir/env.tmp" || true
+  {
+    echo "export MEMDUMP_FLEET_FILE='$stack_dir/fleet.json'"
+    echo "export MEMDUMP_FLEET_SSH_KEY='$key'"
+  } >> "$stack_dir/env.tmp"
+  mv "$stack_dir/env.tmp" "$stack_dir/env"
+}
+
+fleet_host_down() {  # host
+  local host=$1 root
+  if pidfile_alive "$stack_dir/fleet-$host.pid"; then
+    fleet_run "$host" systemctl poweroff >/dev/null 2>&1 || true
+    for _ in $(seq 1 300); do pidfile_alive "$stack_dir/fleet-$host.pid" || break; sleep 0.1; done
+  fi
+  stop_pid "$stack_dir/fleet-$host.pid"
+  root=$(cat "$stack_dir/fleet-$host.root" 2>/dev/null || true)
+  # A last process of the container may still be writing its files for a moment after nspawn exits.
+  case $root in /var/tmp/memdump-fleet-?*) rm -rf --one-file-system "$root" 2>/dev/null || { sleep 1; rm -rf --one-file-system "$root"; } ;; esac
+  rm -f "$stack_dir/fleet-$host.root"
+}
+
+cmd_fleet_down() {
+  [ -f "$stack_dir/fleet-hosts" ] || return 0
+  local host
+  while read -r host; do
+    [ -n "$host" ] && fleet_host_down "$host"
+  done < "$stack_dir/fleet-hosts"
+  rm -f "$stack_dir/fleet-hosts" "$stack_dir/fleet.json" "$stack_dir/fleet-key" "$stack_dir/fleet-key.pub"
+  if [ -f "$stack_dir/env" ]; then
+    grep -v '^export MEMDUMP_FLEET_' "$stack_dir/env" > "$stack_dir/env.tmp" || true
+    mv "$stack_dir/env.tmp" "$stack_dir/env"
+  fi
+  log "fleet-down"
+}
+
 bench_prefix=${MEMDUMP_BENCH_GUEST_PREFIX:-memdump-bench}
 
 cmd_bench_up() {
@@ -667,6 +886,9 @@ case "${1:-}" in
   linux-up) cmd_linux_up ;;
   systemd-host-up) cmd_systemd_host_up ;;
   systemd-host-down) cmd_systemd_host_down ;;
+  fleet-up) cmd_fleet_up ;;
+  fleet-down) cmd_fleet_down ;;
+  fleet-build) for s in "${fleet_suites[@]}"; do cached_fleet_root "$s" >/dev/null || exit 1; done ;;
   ansible-test-pip) install_ansible_test_pip ;;  # for another venv's ansible-test (MEMDUMP_VENV): tests/run.sh core-*
-  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|convert-up|convert-down|linux-up|systemd-host-up|systemd-host-down" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up [qemu|test]|down|env|bench-up|bench-down|convert-up|convert-down|linux-up|systemd-host-up|systemd-host-down|fleet-up|fleet-down|fleet-build" >&2; exit 2 ;;
 esac
