@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import (
-    HOST_OPTIONS, generate_argspec)
+    HOST_OPTIONS, delete_argspec)
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils._action import MemdumpActionBase
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custody_log as log_
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custody_names as names
@@ -29,19 +29,7 @@ MODULE = 'vmforensics.memdump.memdump_delete'
 class ActionModule(MemdumpActionBase):
 
     NAME = 'memdump_delete'
-    ARGSPEC = generate_argspec(
-        dump_id=dict(type='str', required=True),
-        vm=dict(type='str'),
-        sha256=dict(type='str'),
-        evidence_dir=dict(type='path'),
-        label=dict(type='str'),
-        host=dict(type='str'),
-        allowed_signers=dict(type='path'),
-        allow_unsigned=dict(type='bool', default=False),
-        signing_key=dict(type='path', no_log=False),
-        operator=dict(type='str'),
-        collection_version=dict(type='str'),
-    )
+    ARGSPEC = delete_argspec()
     REQUIRED_TOGETHER = [('evidence_dir', 'label')]
 
     def _module_args(self, **values):

@@ -57,6 +57,23 @@ def generate_argspec(**extra):
     return spec
 
 
+def delete_argspec():
+    """The options of memdump_delete: one spec for the module on the host and the action plugin on the controller."""
+    return generate_argspec(
+        dump_id=dict(type='str', required=True),
+        vm=dict(type='str'),
+        sha256=dict(type='str'),
+        evidence_dir=dict(type='path'),
+        label=dict(type='str'),
+        host=dict(type='str'),
+        allowed_signers=dict(type='path'),
+        allow_unsigned=dict(type='bool', default=False),
+        signing_key=dict(type='path', no_log=False),
+        operator=dict(type='str'),
+        collection_version=dict(type='str'),
+    )
+
+
 def generate_collect_argspec(**extra):
     """Host-side and controller-side connection options with a plugin's own options."""
     spec = copy.deepcopy(HOST_OPTIONS)

@@ -132,7 +132,8 @@ custody_head:
   type: dict
 '''
 
-from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule, generate_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._connection_options import delete_argspec
+from ansible_collections.vmforensics.memdump.plugins.module_utils._module import MemdumpModule
 
 
 def run(module):
@@ -159,19 +160,7 @@ def run(module):
 
 def main():
     module = MemdumpModule(
-        argument_spec=generate_argspec(
-            dump_id=dict(type='str', required=True),
-            vm=dict(type='str'),
-            sha256=dict(type='str'),
-            evidence_dir=dict(type='path'),
-            label=dict(type='str'),
-            host=dict(type='str'),
-            allowed_signers=dict(type='path'),
-            allow_unsigned=dict(type='bool', default=False),
-            signing_key=dict(type='path', no_log=False),
-            operator=dict(type='str'),
-            collection_version=dict(type='str'),
-        ),
+        argument_spec=delete_argspec(),
         required_together=[('evidence_dir', 'label')],
         supports_check_mode=True,
     )
