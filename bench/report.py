@@ -407,9 +407,9 @@ def p10_text(r):
     for name, title in (('collection', 'vmforensics.memdump.acquire, collect=true'), ('by_hand', 'by hand')):
         for kind in ('first', 'rerun'):
             f = r['figures'][name][kind]
-            out.append('| %s | %s | %s | %s | %s | %s |' % (title, kind, sec(f['wall_per_host']['median']),
-                                                           sec(f['cpu_per_host']['median']), sec(f['wall']['median']),
-                                                           ', '.join(str(c) for c in f['changed_hosts'])))
+            cells = (title, kind, sec(f['wall_per_host']['median']), sec(f['cpu_per_host']['median']),
+                     sec(f['wall']['median']), ', '.join(str(c) for c in f['changed_hosts']))
+            out.append('| %s | %s | %s | %s | %s | %s |' % cells)
     retries = sum(run.get('virsh_retries', 0) for kind in ('first', 'rerun') for run in r['runs']['by_hand'][kind])
     out += ['', 'Controller CPU, collection / by hand: first run %s, re-run %s. By hand, %d `virsh dump` attempts hung after '
             'the test driver\'s dump and were cut at 10 s and repeated (counted in its wall time).' % (

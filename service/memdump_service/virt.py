@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 import typing as t
+import xml.etree.ElementTree as ElementTree
 
 try:
     import libvirt
@@ -94,6 +95,18 @@ def error_code(exc: BaseException) -> t.Optional[int]:
     return getter() if getter else None
 
 
+def describes_emulator(domain_caps_xml: str) -> bool:
+    """Whether libvirt's domain capabilities name an emulator binary (``<path>``, as QEMU's do). Drivers without a
+    hypervisor behind them answer with no emulator (the test driver of libvirt 10 and later) or with
+    VIR_ERR_NO_SUPPORT (older ones)."""
+    try:
+        root = ElementTree.fromstring(domain_caps_xml)
+    except ElementTree.ParseError:
+        return True  # an answer we cannot read is no statement: offer everything and let the dump itself speak
+    path = root.find("path")
+    return path is not None and bool((path.text or "").strip())
+
+
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
     """What a libvirt connection can do for dumps, as libvirt itself answers it (never inferred from the URI or
@@ -101,7 +114,8 @@ class Capabilities:
 
     # Memory-only dumps (VIR_DUMP_MEMORY_ONLY), live dumps, the kdump and win-dmp formats and job statistics
     # all come from the hypervisor (QEMU) behind a driver that describes one: libvirt answers
-    # virConnectGetDomainCapabilities there, and VIR_ERR_NO_SUPPORT where there is none (the test driver).
+    # virConnectGetDomainCapabilities with an emulator there; the test driver answers VIR_ERR_NO_SUPPORT (libvirt
+    # before 10) or domain capabilities that name no emulator (libvirt 10 and later).
     hypervisor: bool
 
     @property
@@ -142,8 +156,7 @@ class Libvirt:
             if self._caps is not None and conn is self._conn:
                 return self._caps
         try:
-            conn.getDomainCapabilities()
-            caps = Capabilities(hypervisor=True)
+            caps = Capabilities(hypervisor=describes_emulator(conn.getDomainCapabilities()))
         except libvirt.libvirtError as exc:
             if error_code(exc) != VIR_ERR_NO_SUPPORT:
                 # Any other answer (an emulator that cannot be probed right now) is no statement about the driver:

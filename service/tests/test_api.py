@@ -137,6 +137,9 @@ def test_file_streaming_range_and_delete(client):
     assert hashlib.sha256(whole.content).hexdigest() == done["sha256"]
     part = client.get(f"/api/dumps/{dump_id}/file", headers={"Range": "bytes=4-7"})
     assert part.status_code == 206 and part.content == whole.content[4:8]
+    # Several ranges in one request: a clear refusal, never a multipart answer whose length is wrong.
+    several = client.get(f"/api/dumps/{dump_id}/file", headers={"Range": "bytes=0-1,3-4"})
+    assert several.status_code == 400 and "ask for one: bytes=START-END" in several.json()["detail"]
     assert client.get("/api/dumps/" + "0" * 32 + "/file").status_code == 404
     deleted = client.delete(f"/api/dumps/{dump_id}")
     assert deleted.status_code == 200

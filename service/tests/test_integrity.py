@@ -258,10 +258,23 @@ def test_a_connection_that_describes_a_hypervisor_offers_everything(client, monk
     is offered every method and format."""
     jobs = client.app.state.jobs
     conn = jobs.virt.connection()
-    monkeypatch.setattr(type(conn), "getDomainCapabilities", lambda _self, *args: "<domainCapabilities/>")
+    monkeypatch.setattr(type(conn), "getDomainCapabilities",
+                        lambda _self, *args: "<domainCapabilities><path>/usr/bin/qemu-system-x86_64</path></domainCapabilities>")
     jobs.virt.close()
     body = client.get("/health").json()
     assert body["methods"] == ["memory-only", "live"] and len(body["formats"]) == 6 and body["libvirt"]["memory_only"] is True
+
+
+def test_domain_capabilities_without_an_emulator_offer_the_plain_dump_only(client, monkeypatch):
+    """libvirt 10 and later answer the capability call for the test driver too, naming no emulator (seen with
+    Debian 13's libvirt 11): that is no hypervisor, so no memory-only dump is offered."""
+    jobs = client.app.state.jobs
+    conn = jobs.virt.connection()
+    monkeypatch.setattr(type(conn), "getDomainCapabilities",
+                        lambda _self, *args: "<domainCapabilities><domain>test</domain><arch>i686</arch></domainCapabilities>")
+    jobs.virt.close()
+    body = client.get("/health").json()
+    assert body["methods"] == ["memory-only"] and body["formats"] == ["elf"] and body["libvirt"]["memory_only"] is False
 
 
 # ----- a streamed image never fills the disk
