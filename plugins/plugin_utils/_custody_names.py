@@ -63,9 +63,9 @@ def check_vm_name(vm):
 
 
 def check_label(label, pattern=None):
-    """A label matching the service's published pattern; it names a directory, so never ``.``/``..``/``/``."""
+    """A label the service's published pattern matches whole (re.fullmatch); it names a directory, so never ``.``/``..``/``/``."""
     regex = re.compile(pattern or DEFAULT_RULES['label']['pattern'])
-    if not isinstance(label, str) or not regex.match(label) or label in ('.', '..') or '/' in label or '\0' in label:
+    if not isinstance(label, str) or not regex.fullmatch(label) or label in ('.', '..') or '/' in label or '\0' in label:
         raise CustodyError('label %r is refused: it must match %s (the service\'s rule)' % (label, regex.pattern))
     return label
 

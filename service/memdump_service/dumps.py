@@ -115,7 +115,7 @@ class DumpRequest(BaseModel):
     def _check_label(cls, value: t.Any) -> t.Any:
         if value is not None:
             check_text(value, "label", MAX_TEXT)
-            if not LABEL_RE.match(value):
+            if not LABEL_RE.fullmatch(value):
                 raise ValueError(f"label {value!r} may only contain letters, digits and . _ : @ + -")
         return value
 
@@ -185,7 +185,7 @@ class CustodyHead(BaseModel):
     @field_validator("label", mode="before")
     @classmethod
     def _check_label(cls, value: t.Any) -> t.Any:
-        if not isinstance(value, str) or not LABEL_RE.match(value):
+        if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
             raise ValueError(f"custody_head.label must match {LABEL_RE.pattern}, got {shorten(str(value))!r}")
         return value
 

@@ -13,6 +13,7 @@ VM_NAME_MAX = 255
 CONTROL_CLASS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
 VM_NAME_FORBIDDEN = "[/" + CONTROL_CLASS + "]"
 VM_NAME_RESERVED = (".", "..")
+# The whole label must match (re.fullmatch): "$" alone would also match before a trailing newline.
 LABEL_PATTERN = "^[A-Za-z0-9._:@+-]{1,128}$"
 
 CONTROL_RE = re.compile("[" + CONTROL_CLASS + "]")

@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import typing as t
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 try:
     import libvirt

@@ -73,8 +73,9 @@ def fixture_client(settings) -> t.Iterator[TestClient]:
         yield client
 
 
-def wait_finished(client: TestClient, dump_ids: t.Sequence[str], timeout: float = 10.0, headers=None) -> t.List[dict]:
-    """Wait (long-poll) until every dump is completed or failed; the records in dump_ids order."""
+def wait_records(client: TestClient, dump_ids: t.Sequence[str], ready: t.Callable[[dict], bool], what: str,
+                 timeout: float = 10.0, headers=None) -> t.List[dict]:
+    """Wait (long-poll) until ready(record) holds for every dump; the records in dump_ids order."""
     deadline = time.monotonic() + timeout
     marker = None
     while time.monotonic() < deadline:
@@ -84,9 +85,19 @@ def wait_finished(client: TestClient, dump_ids: t.Sequence[str], timeout: float 
         answer = client.get("/api/dumps", params=params, headers=headers).json()
         marker = answer["marker"]
         by_id = {d["dump_id"]: d for d in answer["dumps"]}
-        if all(by_id[i]["state"] in ("completed", "failed") for i in dump_ids):
+        if all(ready(by_id[i]) for i in dump_ids):
             return [by_id[i] for i in dump_ids]
-    raise AssertionError(f"dumps {dump_ids} did not finish in {timeout} s")
+    raise AssertionError(f"dumps {dump_ids} were not {what} within {timeout} s")
+
+
+def wait_finished(client: TestClient, dump_ids: t.Sequence[str], timeout: float = 10.0, headers=None) -> t.List[dict]:
+    """Wait until every dump is completed or failed; the records in dump_ids order."""
+    return wait_records(client, dump_ids, lambda d: d["state"] in ("completed", "failed"), "finished", timeout, headers)
+
+
+def wait_held(client: TestClient, dump_ids: t.Sequence[str]) -> t.List[dict]:
+    """Wait until the Gate's fake dumps report their progress (they then hold until released)."""
+    return wait_records(client, dump_ids, lambda d: d["progress"] == 50.0, "held by the gate")
 
 
 class Gate:

@@ -20,7 +20,7 @@ from memdump_service.config import Settings, parse_args
 from memdump_service.jobs import INTERRUPTED
 from memdump_service.store import Store
 
-from conftest import free_port, running_app, wait_finished
+from conftest import free_port, running_app, wait_finished, wait_held
 
 
 def post(client, body, **kwargs):
@@ -160,7 +160,7 @@ def test_queue_cap_running_409_and_cancel(gate, settings):
         states = [d["state"] for d in client.get("/api/dumps", params={"dump_id": ids}).json()["dumps"]]
         assert states.count("running") == 2 and states.count("queued") == 3
         assert client.get("/health").json()["queue"] == {"queued": 3, "running": 2, "max_parallel": 2}
-        running = client.get(f"/api/dumps/{ids[0]}").json()
+        running = wait_held(client, ids[:2])[0]
         assert running["state"] == "running" and running["progress"] == 50.0
         conflict = client.delete(f"/api/dumps/{ids[0]}")
         assert conflict.status_code == 409 and "cannot" in conflict.json()["detail"]
@@ -260,6 +260,7 @@ def test_dry_run_answers_without_creating(gate, client):
         for vm in ("web01", "db01")]}
     assert client.get("/api/dumps").json()["dumps"] == [] and client.get("/health").json()["queue"]["queued"] == 0
     running = post(client, {"vms": ["web01"], "label": "IR-D"}).json()["dumps"][0]
+    wait_held(client, [running["dump_id"]])  # the record no longer changes until the gate is released
     planned = post(client, body).json()["dumps"]
     record = client.get(f"/api/dumps/{running['dump_id']}").json()
     del record["marker"]

@@ -206,7 +206,7 @@ def test_a_vm_name_is_accepted_exactly_when_the_published_rule_allows_it(client,
 def test_a_label_is_accepted_exactly_when_the_published_pattern_matches(client, label):
     pattern = client.get("/health").json()["rules"]["label"]["pattern"]
     answer = client.post("/api/dumps", json={"vms": ["web01"], "label": label, "dry_run": True})
-    assert answer.status_code == (200 if re.match(pattern, label) else 400), (label, answer.text)
+    assert answer.status_code == (200 if re.fullmatch(pattern, label) else 400), (label, answer.text)
 
 
 # ----- error codes

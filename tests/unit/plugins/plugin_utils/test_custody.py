@@ -71,6 +71,9 @@ def test_label_follows_the_published_pattern_but_never_names_a_parent():
     for bad in ('..', '.', 'a/b'):
         with pytest.raises(names.CustodyError):
             names.check_label(bad, '^.+$')
+    # "$" also matches before a trailing newline: the whole label must match, as the service checks it.
+    with pytest.raises(names.CustodyError, match='is refused'):
+        names.check_label('IR-42\n')
 
 
 def test_record_must_name_the_requested_vm():
