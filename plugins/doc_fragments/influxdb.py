@@ -23,7 +23,7 @@ _OPTIONS = {
             'str', 'http://127.0.0.1:8086', ['MEMDUMP_INFLUXDB_URL', 'INFLUXDB_V2_URL'], {}),
     'api': (['Which InfluxDB API to use.',
              'V(v1) writes to C(/write) (InfluxDB 1.x, and the v1 compatibility API of InfluxDB 2.x and 3.x).',
-             'V(v2) writes through C(/api/v2/write) with influxdb-client (needs O(org), O(bucket) and O(token)).',
+             'V(v2) writes to C(/api/v2/write) (needs O(org), O(bucket) and O(token)).',
              'V(auto) uses V(v2) when O(bucket) and O(org) are set, otherwise V(v1).',
              'Queries always use the v1 C(/query) API with InfluxQL.'],
             'str', 'auto', ['MEMDUMP_INFLUXDB_API'], {'choices': ['auto', 'v1', 'v2']}),
