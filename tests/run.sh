@@ -14,6 +14,12 @@ stack=$repo/tests/stack/stack.sh
 results=${MEMDUMP_RESULTS_DIR:-$repo/tests/output/results}
 export PATH="$venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+# Debian 13 mounts /tmp as a tmpfs of half the RAM: the tests' dumps of GiB guests, their evidence copies and
+# pytest's temporary directories (tempfile, mktemp) go to disk instead, or a run ends in "No space left on device".
+if [ -z "${TMPDIR:-}" ] && [ "$(stat -f -c %T /tmp 2>/dev/null)" = tmpfs ]; then
+  export TMPDIR=/var/tmp/memdump-tests
+  mkdir -p "$TMPDIR"
+fi
 
 log() { printf '\n=== %s\n' "$*"; }
 
