@@ -15,7 +15,7 @@ from memdump_service.audit import note
 from memdump_service.auth import access, caller
 from memdump_service.errors import AUTH_ERRORS, BadRequest, error, error_responses
 from memdump_service.jobs import JobManager, RequestConflict, shorten
-from memdump_service.rules import CONTROL_RE, LABEL_RE, VM_NAME_FORBIDDEN_RE, VM_NAME_MAX, VM_NAME_RESERVED
+from memdump_service.rules import CONTROL_RE, LABEL_RE, VM_NAME_FORBIDDEN_RE, VM_NAME_MAX, VM_NAME_RESERVED, is_label
 from memdump_service.virt import FORMATS, LIVE_FORMAT, METHODS
 
 MAX_NAME = VM_NAME_MAX
@@ -115,7 +115,7 @@ class DumpRequest(BaseModel):
     def _check_label(cls, value: t.Any) -> t.Any:
         if value is not None:
             check_text(value, "label", MAX_TEXT)
-            if not LABEL_RE.fullmatch(value):
+            if not is_label(value):
                 raise ValueError(f"label {value!r} may only contain letters, digits and . _ : @ + -")
         return value
 
@@ -185,7 +185,7 @@ class CustodyHead(BaseModel):
     @field_validator("label", mode="before")
     @classmethod
     def _check_label(cls, value: t.Any) -> t.Any:
-        if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
+        if not isinstance(value, str) or not is_label(value):
             raise ValueError(f"custody_head.label must match {LABEL_RE.pattern}, got {shorten(str(value))!r}")
         return value
 

@@ -13,12 +13,16 @@ VM_NAME_MAX = 255
 CONTROL_CLASS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
 VM_NAME_FORBIDDEN = "[/" + CONTROL_CLASS + "]"
 VM_NAME_RESERVED = (".", "..")
-# The whole label must match (re.fullmatch): "$" alone would also match before a trailing newline.
 LABEL_PATTERN = "^[A-Za-z0-9._:@+-]{1,128}$"
 
 CONTROL_RE = re.compile("[" + CONTROL_CLASS + "]")
 VM_NAME_FORBIDDEN_RE = re.compile(VM_NAME_FORBIDDEN)
 LABEL_RE = re.compile(LABEL_PATTERN)
+
+
+def is_label(value: str) -> bool:
+    """Whether the whole of value matches LABEL_PATTERN ("$" alone would also match before a trailing newline)."""
+    return LABEL_RE.fullmatch(value) is not None
 
 
 def extension(fmt: str) -> str:
