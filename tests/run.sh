@@ -16,8 +16,9 @@ export PATH="$venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 # Debian 13 mounts /tmp as a tmpfs of half the RAM: the tests' dumps of GiB guests, their evidence copies and
 # pytest's temporary directories (tempfile, mktemp) go to disk instead, or a run ends in "No space left on device".
+# Under the repository, which the Debian roots of the core layers see at the same path, as libvirtd does outside.
 if [ -z "${TMPDIR:-}" ] && [ "$(stat -f -c %T /tmp 2>/dev/null)" = tmpfs ]; then
-  export TMPDIR=/var/tmp/memdump-tests
+  export TMPDIR=$repo/tests/output/tmp
   mkdir -p "$TMPDIR"
 fi
 
@@ -105,17 +106,29 @@ core_layer() {  # name
   return $rc
 }
 
-layer_core-oldest() { core_layer oldest "$@"; }
-
-# ansible-core 2.20 and later need Python 3.12 or later: a Debian 13 root (Python 3.13) on this machine's /tmp and
-# libvirtd, so the stack (guests, InfluxDB, the env file) is the one the other layers use.
-layer_core-newest() {
+# A core layer in a throw-away root of another Debian release, on this machine's /tmp and libvirtd, so that the
+# stack (guests, InfluxDB, the env file) is the one the other layers use.
+core_layer_in_root() {  # suite name [args]
+  local suite=$1 name=$2; shift 2
   load_stack_env
   mkdir -p "$results"
-  DEBIAN_ROOT_HOST_TMP=1 bash "$repo/tests/stack/debian_root.sh" run trixie \
+  DEBIAN_ROOT_HOST_TMP=1 bash "$repo/tests/stack/debian_root.sh" run "$suite" \
     env MEMDUMP_STACK_DIR="${MEMDUMP_STACK_DIR:-/tmp/memdump-stack}" MEMDUMP_RESULTS_DIR="$results" \
-    bash "$repo/tests/run.sh" core-in-root newest "$@"
+    bash "$repo/tests/run.sh" core-in-root "$name" "$@"
 }
+
+# ansible-core 2.16's controller runs on Python 3.10 to 3.12: where this machine's Python is newer (Debian 13),
+# in a Debian 12 root (Python 3.11).
+layer_core-oldest() {
+  if /usr/bin/python3 -c 'import sys; sys.exit(0 if sys.version_info[:2] > (3, 12) else 1)'; then
+    core_layer_in_root bookworm oldest "$@"
+  else
+    core_layer oldest "$@"
+  fi
+}
+
+# ansible-core 2.20 and later need Python 3.12 or later: a Debian 13 root (Python 3.13).
+layer_core-newest() { core_layer_in_root trixie newest "$@"; }
 
 # One JUnit file, named for the layer, from several, so the summary can count the layer on its own.
 merge_junit() {  # out files...

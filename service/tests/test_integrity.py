@@ -13,7 +13,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from memdump_service import rules
+from memdump_service import rules, virt
 from memdump_service.config import Settings, build_parser, parse_args
 from memdump_service.jobs import JobManager
 from memdump_service.virt import ERROR_CODES, FifoHasher, Libvirt
@@ -212,14 +212,24 @@ def test_a_label_is_accepted_exactly_when_the_published_pattern_matches(client, 
 # ----- error codes
 
 
-def test_error_codes_of_real_failures(settings):
+def test_error_codes_of_real_failures(settings, monkeypatch):
     settings.max_parallel = 1
+    cancelled = threading.Event()
+    real_run = virt.DumpJob.run
+
+    def run_once_the_queued_dump_is_cancelled(job, *args, **kwargs):
+        # The one worker holds the first dump, so that the last one is still queued when it is cancelled.
+        cancelled.wait(20)
+        return real_run(job, *args, **kwargs)
+
+    monkeypatch.setattr(virt.DumpJob, "run", run_once_the_queued_dump_is_cancelled)
     with running_app(settings) as client:
         ids = {vm: client.post("/api/dumps", json={"vms": [vm]}).json()["dumps"][0]["dump_id"] for vm in ("nosuchvm", "stopped01")}
         # A live dump on a connection that describes no hypervisor; a queued dump that is cancelled.
         ids["live"] = client.post("/api/dumps", json={"vms": ["web01"], "method": "live"}).json()["dumps"][0]["dump_id"]
         ids["cancelled"] = client.post("/api/dumps", json={"vms": ["db01"], "label": "IR-C"}).json()["dumps"][0]["dump_id"]
         assert client.delete(f"/api/dumps/{ids['cancelled']}").status_code == 200
+        cancelled.set()
         records = dict(zip(ids, wait_finished(client, list(ids.values()))))
         ok = client.post("/api/dumps", json={"vms": ["app01"]}).json()["dumps"][0]["dump_id"]
         done = wait_finished(client, [ok])[0]

@@ -356,7 +356,7 @@ cmd_linux_up() {
   need_root
   [ -f "$stack_dir/env" ] || { log "linux-up needs a running stack: run '$0 up' first"; exit 1; }
   local name="$guest_prefix-linux" kernel initrd="$stack_dir/linux-initrd.gz" console="$stack_dir/linux-console.log" line=""
-  kernel=$(cached_kernel)
+  kernel=$(cached_kernel) || exit 1  # its own exit ends only the command substitution
   build_linux_initramfs "$initrd"
   virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
   virsh -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
@@ -442,7 +442,7 @@ cmd_systemd_host_up() {
     log "systemd-nspawn or debootstrap is missing: run '$0 install'"; exit 1
   fi
   cmd_systemd_host_down
-  tarball=$(cached_systemd_host)
+  tarball=$(cached_systemd_host) || exit 1
   mkdir -p "$sd_root"
   tar -C "$sd_root" -xzf "$tarball"
   chmod 0755 "$sd_root"
@@ -810,7 +810,7 @@ cmd_convert_up() {
   local dir="$stack_dir/convert" kernel initrd g name machine mib extra blobs started line
   mkdir -p "$dir"
   chmod 0755 "$dir"
-  kernel=$(cached_kernel)
+  kernel=$(cached_kernel) || exit 1
   initrd="$dir/initrd.gz"
   build_linux_initramfs "$initrd"
   : > "$stack_dir/convert-guests"
