@@ -161,10 +161,13 @@ for d in sorted(dumps, key=lambda d: d['vm']):
         print('    dump path  %s' % d.get('dump_path'))
         print('    size       %s bytes' % d.get('size_bytes'))
         print('    sha256     %s' % d.get('sha256'))
+        print('    method     %s (%s)' % (d.get('method'), d.get('method_reason') or 'as asked'))
         print('    duration   %.3f s (guest paused %s s)' % (d.get('duration_sec') or 0, d.get('paused_sec')))
         e = collected.get(d['dump_id'])
         if e:
             print('    evidence   %s (SHA-256 verified on download)' % e.get('evidence_file'))
+            if e.get('derived_file'):
+                print('    derived    %s (ELF core of the live stream, checked page by page)' % e['derived_file'])
 print('custody manifest: %d entries, operator %s' % (len(manifest['entries']),
       ', '.join(sorted({e.get('operator', '?') for e in manifest['entries']})) or '-'))
 PY

@@ -1,38 +1,98 @@
-"""The guest's pauses as libvirt announces them (``virsh event --loop --timestamp --event lifecycle``).
+"""A guest's pauses seen from outside the memdump service, to check the pause it records.
 
-Used by service/tests/test_live.py and bench/p7_live.py to measure a dump's pause independently of
-the job statistics that the service records.
+``LifecycleWatch``: libvirt's lifecycle events (Suspended .. Resumed) on a connection of the caller's own.
+``Heartbeat``: a guest booted with ``memdump.heartbeat=1`` (tests/stack/stack.sh's Linux initramfs) writes to its
+second serial port without pause; the host times what arrives, so a stop of the guest's vCPUs is a gap — the
+guest's own pause, which neither libvirt figure is.
+
+Used by service/tests/test_live.py and bench/p7_live.py.
 """
-import datetime
-import re
-import subprocess
+import socket
+import threading
 import time
 
-EVENT_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: .*'lifecycle' .*: (Suspended|Resumed)")
+import libvirt
+from memdump_service.virt import start_event_loop
+
+# How long pauses() waits for the Resumed event of a Suspended one (libvirt resumes the guest before a dump call
+# returns; the event may arrive a little later).
+RESUMED_WAIT = 5.0
 
 
 class LifecycleWatch:
-    """Starts watching a domain's lifecycle events; :meth:`pauses` stops and returns the pauses seen."""
+    """Starts watching a domain's lifecycle events (registered when the constructor returns); :meth:`pauses` stops and
+    returns the pauses seen."""
 
     def __init__(self, uri, vm):
-        self.proc = subprocess.Popen(['virsh', '-c', uri, 'event', '--loop', '--timestamp', '--event', 'lifecycle', vm],
-                                     stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # virsh has registered for events
+        start_event_loop()  # once per process; the service in the same process shares it
+        self.conn = libvirt.open(uri)
+        self.changed = threading.Condition()
+        self.suspended_at = []  # time.monotonic() of each Suspended event
+        self.resumed_at = []
+        self.callback_id = self.conn.domainEventRegisterAny(self.conn.lookupByName(vm), libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                            self._event, None)
+
+    def _event(self, _conn, _dom, event, _detail, _opaque):
+        now = time.monotonic()
+        with self.changed:
+            if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+                self.suspended_at.append(now)
+            elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+                self.resumed_at.append(now)
+            self.changed.notify_all()
 
     def pauses(self):
         """Seconds between each Suspended and the Resumed after it, in order."""
-        time.sleep(0.5)
-        self.proc.terminate()
-        out, _err = self.proc.communicate(timeout=10)
-        spans, since = [], None
-        for line in out.splitlines():
-            found = EVENT_RE.match(line)
-            if not found:
-                continue
-            stamp = datetime.datetime.strptime(found.group(1), '%Y-%m-%d %H:%M:%S.%f').timestamp()
-            if found.group(2) == 'Suspended':
-                since = stamp
-            elif since is not None:
-                spans.append(stamp - since)
-                since = None
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.resumed_at) >= len(self.suspended_at), RESUMED_WAIT)
+            suspended, resumed = list(self.suspended_at), list(self.resumed_at)
+        self.conn.domainEventDeregisterAny(self.callback_id)
+        self.conn.close()
+        spans = []
+        for start in suspended:
+            end = next((moment for moment in resumed if moment >= start), None)
+            if end is not None:
+                spans.append(end - start)
         return spans
+
+
+class Heartbeat:
+    """Times the bytes a heartbeat guest writes to the serial port behind the UNIX socket socket_path."""
+
+    def __init__(self, socket_path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(socket_path)
+        self.lock = threading.Lock()
+        self.arrivals = []  # time.monotonic() of each read
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.monotonic()
+            with self.lock:
+                self.arrivals.append(now)
+
+    def gap_around(self, moment):
+        """Seconds without a byte around moment (from the last arrival before it to the first after it); None when
+        moment is not between two arrivals."""
+        with self.lock:
+            before = [a for a in self.arrivals if a <= moment]
+            after = [a for a in self.arrivals if a > moment]
+        if not before or not after:
+            return None
+        return after[0] - before[-1]
+
+    def forget_before(self, moment):
+        """Drop the arrivals before moment (a long run reads millions)."""
+        with self.lock:
+            self.arrivals = [a for a in self.arrivals if a >= moment]
+
+    def close(self):
+        self.sock.close()

@@ -73,20 +73,28 @@ options:
       - Which kdump compressions work depends on the QEMU build of the host; V(win-dmp) needs a
         Windows guest.
       - If not set, the service's default (V(elf)) is used.
-      - A live dump (O(method=live)) always writes QEMU's migration stream, format C(qemu-migration); leave this unset then.
+      - A live dump always writes QEMU's migration stream, format C(qemu-migration); with O(method=live) leave this unset;
+        with O(method=auto) this is the format of the memory-only dump taken where the guest cannot be dumped live.
     type: str
     choices: [elf, kdump-zlib, kdump-lzo, kdump-snappy, win-dmp]
   method:
     description:
       - How the service dumps the guest.
+      - V(auto) asks for a live dump and, where libvirt refuses one before touching the guest (a migration blocker such
+        as a host device; or a host without a hypervisor that can migrate), the service takes a memory-only dump in
+        O(format) instead. Each returned record says which in C(method) and why in C(method_reason), in libvirt's words.
       - V(memory-only) pauses the guest for the whole dump (seconds per GiB) and gives an image in O(format).
       - V(live) keeps the guest running and pauses it only for the last pages (milliseconds); the image is QEMU's
-        migration stream (suffix C(.qevm)), which Volatility 3 reads but C(crash) and C(gdb) do not.
-      - If not set, nothing is sent and the service's default (V(memory-only)) applies.
-      - V(live) needs a service whose C(/health) lists it in C(methods); otherwise the module fails before sending
-        anything, because a service without the field would ignore it and pause the guest.
+        migration stream (suffix C(.qevm)); the P(vmforensics.memdump.memdump_convert#module) module derives an ELF
+        core from it that every analysis tool opens. Where libvirt cannot migrate the guest, the dump fails.
+      - V(live) and V(auto) need a service whose C(/health) lists them in C(methods). For V(live) the module fails before
+        sending anything otherwise, because a service without the field would ignore it and pause the guest. For
+        V(auto) nothing is sent then, and the service takes its default, memory-only, dump; a warning says so where the
+        service offers V(live) but not V(auto) (an older memdump service).
+      - See C(docs/runbook.md) for when to force V(memory-only) or V(live).
     type: str
-    choices: [memory-only, live]
+    choices: [auto, memory-only, live]
+    default: auto
   force:
     description:
       - Start a new dump even if a C(completed) dump with O(label) exists.
@@ -242,13 +250,13 @@ def post_with_retry(client, vms, label, fmt, force, method, request_id=None, dry
     raise AssertionError('unreachable')  # pragma: no cover
 
 
-def offers_method(client, method):
-    """Whether the service's /health lists method; one without the field (older, or only the core API) does not."""
+def offered_methods(client):
+    """The methods the service's /health lists; none for one without the field (older, or only the core API)."""
     try:
         methods = client.health().get('methods')
     except MemdumpHTTPError:
-        return False
-    return isinstance(methods, list) and method in methods
+        return []
+    return methods if isinstance(methods, list) else []
 
 
 def predict(client, vms, label, fmt, force, method):
@@ -266,9 +274,16 @@ def run(module):
     label, fmt, force, method = params['label'], params['format'], params['force'], params['method']
     if not vms:
         module.fail_json(msg='vms must name at least one VM')
-    if method == 'live' and not offers_method(client, method):
+    methods = offered_methods(client) if method != 'memory-only' else []
+    if method == 'live' and 'live' not in methods:
         module.fail_json(msg='the memdump service at %s does not offer live dumps (its /health lists no method live); '
                              'update the service or use method memory-only' % client.url)
+    if method == 'auto' and 'auto' not in methods:
+        # Without auto the service cannot tell whether libvirt would migrate the guest: its default is memory-only.
+        if 'live' in methods:
+            module.warn('the memdump service at %s offers no method auto (an older version): its dumps are memory-only; '
+                        'update the service, or set method live for guests that can migrate' % client.url)
+        method = None
 
     request_id = None
     if module.check_mode:
@@ -302,7 +317,7 @@ def main():
         vms=dict(type='list', elements='str', required=True, aliases=['vm_ids']),
         label=dict(type='str'),
         format=dict(type='str', choices=list(FORMATS)),
-        method=dict(type='str', choices=['memory-only', 'live']),
+        method=dict(type='str', choices=['auto', 'memory-only', 'live'], default='auto'),
         force=dict(type='bool', default=False),
     )
     module = MemdumpModule(argument_spec=argument_spec, supports_check_mode=True)

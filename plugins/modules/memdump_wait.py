@@ -217,10 +217,12 @@ summary:
   type: dict
   sample:
     web01: {state: completed, dump: new, dump_id: 5f0c2d3e4b8a4f6e9d1c7a2b3e4f5a6b, size_bytes: 134480867,
-            sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, paused_sec: 0.31,
-            message: memory-only elf dump completed, reason: null}
+            sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, paused_sec: 0.004, method: live,
+            method_reason: "auto: libvirt accepted a live dump (the guest can migrate)",
+            message: "live dump completed: the guest kept running, paused 0.004 s for the last pages", reason: null}
     db01: {state: failed, dump: new, dump_id: 0a1b2c3d4e5f40718293a4b5c6d7e8f9, size_bytes: null, sha256: null,
-           paused_sec: null, message: "VM 'db01' does not exist on qemu:///system; check the name: ...", reason: no_such_vm}
+           paused_sec: null, method: live, method_reason: null,
+           message: "VM 'db01' does not exist on qemu:///system; check the name: ...", reason: no_such_vm}
   contains:
     state:
       description: C(completed), C(failed), C(queued) or C(running) (the last two after a timeout or in check mode).
@@ -237,6 +239,15 @@ summary:
         - The service's C(error_code) when its record has one. From a service without error codes, decided from the
           host's VM listing (C(GET /api/vms)), asked once when a dump failed (V(no_such_vm), V(vm_not_running)), else
           V(failed).
+      type: str
+    method:
+      description:
+        - The method the service used, V(live) or V(memory-only) (V(auto) while a dump asked for with V(auto) is queued).
+      type: str
+    method_reason:
+      description:
+        - For O(vmforensics.memdump.memdump_trigger#module:method=auto), why the service took that method, in libvirt's
+          words where libvirt refused the live dump (a migration blocker); V(null) otherwise.
       type: str
 failure_message:
   description:
@@ -368,7 +379,8 @@ def summarize(module, client, targets, records):
         summary[name] = dict(
             state=state, dump=None if target.created is None else ('new' if target.created else 'reused'),
             dump_id=record.get('dump_id'), size_bytes=record.get('size_bytes'), sha256=record.get('sha256'),
-            paused_sec=record.get('paused_sec'), message=record.get('message') or '', reason=None)
+            paused_sec=record.get('paused_sec'), method=record.get('method'), method_reason=record.get('method_reason'),
+            message=record.get('message') or '', reason=None)
     if failed:
         reasons = failure_reasons(client, dumps)
         for name in failed:

@@ -290,7 +290,10 @@ def base_event(kind, label, host, vm, dump_id, record, ctx):
 
 def acquired_event(label, host, vm, dump_id, record, ctx):
     event = base_event('acquired', label, host, vm, dump_id, record, ctx)
-    for key in ('started_at', 'finished_at', 'duration_sec', 'dump_path', 'created_at'):
+    # method_requested and method_reason: what was asked (auto) and why the service took the method it did;
+    # pause_source and libvirt_downtime_sec: where paused_sec comes from, and libvirt's own (shorter) figure.
+    for key in ('started_at', 'finished_at', 'duration_sec', 'dump_path', 'created_at', 'method_requested', 'method_reason',
+                'pause_source', 'libvirt_downtime_sec'):
         event[key] = record.get(key)
     context = dict((k, record[k]) for k in CONTEXT_FIELDS if record.get(k) is not None)
     if context:
@@ -327,8 +330,8 @@ def pending_deletion(kinds):
     return not outcomes or max(outcomes) < deleting['seq']
 
 
-MANIFEST_ENTRY_FIELDS = ('label', 'host', 'service_host', 'vm', 'vm_uuid', 'dump_id', 'method', 'format', 'size_bytes',
-                         'sha256', 'started_at', 'finished_at', 'duration_sec', 'paused_sec', 'dump_path')
+MANIFEST_ENTRY_FIELDS = ('label', 'host', 'service_host', 'vm', 'vm_uuid', 'dump_id', 'method', 'method_requested', 'method_reason',
+                         'format', 'size_bytes', 'sha256', 'started_at', 'finished_at', 'duration_sec', 'paused_sec', 'dump_path')
 
 
 def manifest_of(events):

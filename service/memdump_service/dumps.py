@@ -74,10 +74,11 @@ class DumpRequest(BaseModel):
     vm_ids: t.Optional[t.List[VmName]] = Field(default=None, min_length=1, max_length=MAX_VMS,
                                                description="the same as vms (used when vms is absent)")
     label: t.Optional[str] = Field(default=None, pattern=LABEL_RE.pattern, description="incident label, 1-128 chars of [A-Za-z0-9._:@+-]")
-    method: str = Field(default="memory-only", description="memory-only (the guest is paused for the whole dump) or live (it keeps "
-                        "running; QEMU's migration stream, read by Volatility 3)", json_schema_extra={"enum": list(METHODS)})
-    format: t.Optional[str] = Field(default=None, description=f"image format (default elf; {LIVE_FORMAT}, the only one, for live)",
-                                    json_schema_extra={"enum": list(FORMATS)})
+    method: str = Field(default="memory-only", description="memory-only (the guest is paused for the whole dump), live (it keeps "
+                        "running; QEMU's migration stream) or auto (live where libvirt can migrate the guest, memory-only "
+                        "otherwise; the record's method and method_reason say which and why)", json_schema_extra={"enum": list(METHODS)})
+    format: t.Optional[str] = Field(default=None, description=f"image format (default elf; {LIVE_FORMAT}, the only one, for live; "
+                                    "with auto, the format of a memory-only dump)", json_schema_extra={"enum": list(FORMATS)})
     force: bool = Field(default=False, description="take a new dump even if one with this label completed")
     request_id: t.Optional[str] = Field(default=None, min_length=1, max_length=MAX_TEXT,
                                         description="client-chosen id that makes retries idempotent")
@@ -156,7 +157,8 @@ class DumpRequest(BaseModel):
             raise ValueError(f"format {self.format} is for memory-only dumps; a live dump writes QEMU's migration stream "
                              f"(format {LIVE_FORMAT})")
         if not live and self.format == LIVE_FORMAT:
-            raise ValueError(f'format {LIVE_FORMAT} is what a live dump writes: give "method": "live"')
+            raise ValueError(f'format {LIVE_FORMAT} is what a live dump writes: give "method": "live" (method {self.method} '
+                             "takes the format of a memory-only dump)")
         self.format = self.format or (LIVE_FORMAT if live else "elf")
         return self
 

@@ -15,7 +15,7 @@ import uuid
 from memdump_service import audit
 from memdump_service.config import Settings
 from memdump_service.store import Store
-from memdump_service.virt import FORMATS, DumpError, DumpJob, Libvirt, free_bytes, release_fifo, remove_quietly
+from memdump_service.virt import AUTO, FORMATS, LIVE_FORMAT, DumpError, DumpJob, Libvirt, free_bytes, release_fifo, remove_quietly
 
 LOG = logging.getLogger("memdump_service")
 
@@ -49,6 +49,19 @@ def safe_name(vm: str) -> str:
     """A VM name reduced to characters that are safe in a file name."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", vm).lstrip(".")[:64]
     return name or "vm"
+
+
+def image_name(record: t.Mapping[str, t.Any], fmt: str, stamp: datetime.datetime) -> str:
+    """An image's file name: the VM (made safe), the start time, the dump id and the format's extension."""
+    return f"{safe_name(record['vm'])}_{stamp.strftime('%Y%m%dT%H%M%SZ')}_{record['dump_id']}.{FORMATS[fmt][1]}"
+
+
+def requested(record: t.Mapping[str, t.Any]) -> t.Tuple[str, t.Optional[str]]:
+    """The kind of image a record was asked for, (method, format), which the reuse rules compare; with method auto
+    the format is the memory-only fallback's. A record written before the service kept the request is what was asked."""
+    if record.get("method_requested") is None:
+        return record["method"], record["format"]
+    return record["method_requested"], record["format_requested"]
 
 
 def shorten(text: str, limit: int = 64) -> str:
@@ -240,6 +253,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
 
         With dry_run nothing is created, queued or recorded: a VM that would get a new dump is answered
         with a record that has only vm, label, method and format (dump_id and state None).
+        With method auto, fmt is the format of the memory-only dump it falls back to; the record's format stays None
+        until the dump runs and libvirt has accepted or refused the live dump.
         """
         with self._lock:
             if request_id is not None:
@@ -251,7 +266,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             reused = [(vm, self._reusable(vm, label, force, method, fmt)) for vm in vms]
             if dry_run:
                 return [dict(self.public(record), created=False) if record is not None else
-                        {"vm": vm, "dump_id": None, "state": None, "label": label, "method": method, "format": fmt, "created": True}
+                        {"vm": vm, "dump_id": None, "state": None, "label": label, "method": method,
+                         "format": None if method == AUTO else fmt, "created": True}
                         for vm, record in reused], self.marker
             results = [(record, False) if record is not None else (self._new_record(vm, label, fmt, method), True)
                        for vm, record in reused]
@@ -266,13 +282,11 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
         differs gets its own dump, which waits in the queue while another dump of the VM runs."""
         newest_done = None
         for record in self._records.values():
-            if record["vm"] != vm:
+            if record["vm"] != vm or record["label"] != label or requested(record) != (method, fmt):
                 continue
-            if (record["state"] in IN_FLIGHT and record["label"] == label and record["method"] == method
-                    and record["format"] == fmt):
+            if record["state"] in IN_FLIGHT:
                 return record
-            if (label is not None and not force and record["state"] == "completed" and record["label"] == label
-                    and record["method"] == method and record["format"] == fmt
+            if (label is not None and not force and record["state"] == "completed"
                     and (newest_done is None or record["seq"] > newest_done["seq"])):
                 newest_done = record
         return newest_done
@@ -280,11 +294,14 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
     def _new_record(self, vm: str, label: t.Optional[str], fmt: str, method: str) -> t.Dict[str, t.Any]:
         self._seq += 1
         record = {
-            "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "method": method, "format": fmt,
+            "dump_id": uuid.uuid4().hex, "seq": self._seq, "vm": vm, "vm_uuid": None, "label": label, "method": method,
+            "format": None if method == AUTO else fmt, "method_requested": method, "format_requested": fmt,
+            "method_reason": None,
             "machine": None, "qemu_version": None, "libvirt_version": None, "domain_xml": None,
             "state": None, "progress": 0.0, "message": "", "created_at": iso(utcnow()), "started_at": None,
             "finished_at": None, "duration_sec": None, "dump_path": None, "tmp_path": None, "size_bytes": None,
-            "sha256": None, "paused_sec": None, "file_deleted": False, "host": self.host, "collected_at": None,
+            "sha256": None, "paused_sec": None, "pause_source": None, "libvirt_downtime_sec": None, "file_deleted": False,
+            "host": self.host, "collected_at": None,
             "collected_by": None, "retention_confirmed_at": None, "retention_confirmed_by": None, "custody_heads": [],
             "error_code": None, "downtime_restore_ms": None,
         }
@@ -430,7 +447,8 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
                 self._queue.remove(dump_id)
                 record = self._records[dump_id]
                 stamp = utcnow()
-                name = f"{safe_name(record['vm'])}_{stamp.strftime('%Y%m%dT%H%M%SZ')}_{dump_id}.{FORMATS[record['format']][1]}"
+                # method auto tries a live dump first.
+                name = image_name(record, record["format"] or LIVE_FORMAT, stamp)
                 self._running.add(dump_id)
                 self._transition(record, state="running", started_at=iso(stamp), progress=0.0, message="dumping memory",
                                  tmp_path=os.path.join(self.settings.dump_dir, f".{name}.part"))
@@ -486,18 +504,52 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             record.update(value if isinstance(value, dict) else {"vm_uuid": value})
             self.store.save(record)
 
+    def _job(self, dump_id: str, name: str, method: str, fmt: str) -> DumpJob:
+        with self._lock:
+            record = self._records[dump_id]
+            vm, tmp_path = record["vm"], record["tmp_path"]
+        return DumpJob(self.virt, self.settings.dump_dir, vm, fmt, os.path.join(self.settings.dump_dir, name), tmp_path,
+                       self.fifo_path(dump_id), self.settings.progress_interval, self.settings.hash_mode, method,
+                       self.settings.live_max_seconds, self.settings.live_max_downtime_ms, self.settings.stream_idle_timeout)
+
+    def _fall_back(self, dump_id: str, refused: str) -> t.Tuple[str, str]:
+        """method auto after libvirt refused the live dump before the guest was touched: the record turns into a
+        memory-only dump of the requested format; returns its image name and format."""
+        with self._lock:
+            record = self._records[dump_id]
+            fmt = record["format_requested"] or "elf"
+            name = image_name(record, fmt, parse_iso(record["started_at"]))
+            reason = f"auto: libvirt refused a live dump, so the guest is paused for a memory-only dump: {refused}"
+            LOG.info("dump %s vm=%s: %s", dump_id, record["vm"], reason)
+            self._reserved.pop(dump_id, None)
+            self._transition(record, method="memory-only", format=fmt, method_reason=reason, message="dumping memory (memory-only)",
+                             tmp_path=os.path.join(self.settings.dump_dir, f".{name}.part"))
+        return name, fmt
+
     def _work(self, dump_id: str, name: str) -> None:
         with self._lock:
             record = self._records[dump_id]
-            vm, fmt, tmp_path, method = record["vm"], record["format"], record["tmp_path"], record["method"]
-        final_path = os.path.join(self.settings.dump_dir, name)
-        job = DumpJob(self.virt, self.settings.dump_dir, vm, fmt, final_path, tmp_path, self.fifo_path(dump_id),
-                      self.settings.progress_interval, self.settings.hash_mode,
-                      method, self.settings.live_max_seconds, self.settings.live_max_downtime_ms, self.settings.stream_idle_timeout)
+            vm, fmt, method = record["vm"], record["format"], record["method"]
+            auto = method == AUTO
+            if auto:
+                method, fmt = "live", LIVE_FORMAT
+                self._transition(record, method=method, format=fmt, message="dumping memory (live)")
+        job = self._job(dump_id, name, method, fmt)
+
+        def run(job: DumpJob) -> t.Tuple[str, int]:
+            return job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value),
+                           lambda memory: self._reserve(dump_id, job, memory), lambda total: self._space(dump_id, total))
+
         outcome: t.Dict[str, t.Any]
         try:
-            digest, size = job.run(lambda value: self._progress(record, value), lambda value: self._set_uuid(record, value),
-                                   lambda memory: self._reserve(dump_id, job, memory), lambda total: self._space(dump_id, total))
+            try:
+                digest, size = run(job)
+            except DumpError:
+                if not auto or job.live_refused is None:
+                    raise
+                name, fmt = self._fall_back(dump_id, job.live_refused)
+                job = self._job(dump_id, name, "memory-only", fmt)
+                digest, size = run(job)
             if job.live:
                 message = f"live dump completed: the guest kept running, paused {job.paused_sec} s for the last pages"
             elif job.memory_only:
@@ -505,17 +557,20 @@ class JobManager:  # pylint: disable=too-many-instance-attributes
             else:
                 message = (f"full (not memory-only) {fmt} dump completed: libvirt at {self.settings.libvirt_uri} describes no "
                            "hypervisor that could take a memory-only dump")
-            outcome = {"state": "completed", "progress": 100.0, "message": message, "dump_path": final_path, "size_bytes": size,
-                       "sha256": digest, "paused_sec": job.paused_sec, "error_code": None}
+            outcome = {"state": "completed", "progress": 100.0, "message": message, "dump_path": job.final_path, "size_bytes": size,
+                       "sha256": digest, "error_code": None}
         except DumpError as exc:
-            outcome = {"state": "failed", "message": str(exc), "paused_sec": job.paused_sec, "error_code": exc.code}
+            outcome = {"state": "failed", "message": str(exc), "error_code": exc.code}
         except Exception as exc:  # pylint: disable=broad-exception-caught
             LOG.exception("dump %s vm=%s: unexpected error", dump_id, vm)
-            outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "paused_sec": job.paused_sec,
-                       "error_code": "internal_error"}
+            outcome = {"state": "failed", "message": f"internal error of the memdump service: {exc}", "error_code": "internal_error"}
+        outcome.update(paused_sec=job.paused_sec, pause_source=job.pause_source, libvirt_downtime_sec=job.libvirt_downtime_sec)
+        if auto and job.live:
+            # A live dump that failed is not retried as memory-only, which would pause the guest: the responder decides.
+            outcome["method_reason"] = ("auto: libvirt accepted a live dump (the guest can migrate)" if outcome["state"] == "completed"
+                                        else "auto: the live dump failed (see message); it is not retried as memory-only")
         with self._lock:
             self._running.discard(dump_id)
             self._reserved.pop(dump_id, None)
             self._transition(record, finished_at=iso(utcnow()), tmp_path=None, downtime_restore_ms=None, **outcome)
             self._dispatch()
-        self._wake_housekeeper.set()

@@ -14,13 +14,17 @@ COLUMNS = (
     "size_bytes", "sha256", "paused_sec", "file_deleted", "host", "collected_at",
     "machine", "qemu_version", "libvirt_version", "domain_xml",
     "collected_by", "retention_confirmed_at", "retention_confirmed_by", "custody_heads", "error_code", "downtime_restore_ms",
+    "method_requested", "format_requested", "method_reason", "pause_source", "libvirt_downtime_sec",
 )
 # Columns added after the first schema, added to databases written before they existed: what analysis tools need
 # to know of the guest and the host at dump time (Volatility 3 needs the machine type for the PCI hole of QEMU
 # images), who collected an image and whose confirmation lets retention remove it, the custody heads clients
-# reported, and why a dump failed.
-LATER_COLUMNS = ("machine", "qemu_version", "libvirt_version", "domain_xml", "collected_by", "retention_confirmed_at",
-                 "retention_confirmed_by", "custody_heads", "error_code", "downtime_restore_ms")
+# reported, why a dump failed, what was asked for (method auto decides the method and format when it runs), and where
+# the recorded pause comes from. Column -> SQL type.
+LATER_COLUMNS = {"machine": "TEXT", "qemu_version": "TEXT", "libvirt_version": "TEXT", "domain_xml": "TEXT", "collected_by": "TEXT",
+                 "retention_confirmed_at": "TEXT", "retention_confirmed_by": "TEXT", "custody_heads": "TEXT", "error_code": "TEXT",
+                 "downtime_restore_ms": "INTEGER", "method_requested": "TEXT", "format_requested": "TEXT", "method_reason": "TEXT",
+                 "pause_source": "TEXT", "libvirt_downtime_sec": "REAL"}
 # Stored as JSON text.
 JSON_COLUMNS = ("custody_heads",)
 
@@ -57,7 +61,12 @@ CREATE TABLE IF NOT EXISTS dumps (
     retention_confirmed_by TEXT,
     custody_heads TEXT,
     error_code TEXT,
-    downtime_restore_ms INTEGER
+    downtime_restore_ms INTEGER,
+    method_requested TEXT,
+    format_requested TEXT,
+    method_reason TEXT,
+    pause_source TEXT,
+    libvirt_downtime_sec REAL
 );
 CREATE INDEX IF NOT EXISTS dumps_vm ON dumps (vm, state);
 CREATE TABLE IF NOT EXISTS requests (
@@ -116,9 +125,9 @@ class Store:
             db.execute("ALTER TABLE dumps ADD COLUMN collected_at TEXT")
         if "method" not in known:
             db.execute("ALTER TABLE dumps ADD COLUMN method TEXT NOT NULL DEFAULT 'memory-only'")
-        for column in LATER_COLUMNS:
+        for column, sql_type in LATER_COLUMNS.items():
             if column not in known:
-                db.execute(f"ALTER TABLE dumps ADD COLUMN {column} {'INTEGER' if column == 'downtime_restore_ms' else 'TEXT'}")
+                db.execute(f"ALTER TABLE dumps ADD COLUMN {column} {sql_type}")
         return db
 
     def close(self) -> None:
@@ -134,6 +143,7 @@ class Store:
         for row in rows:
             record = dict(row)
             record["file_deleted"] = bool(record["file_deleted"])
+            record["format"] = record["format"] or None  # an auto dump that has not run yet
             for column in JSON_COLUMNS:
                 record[column] = json.loads(record[column]) if record[column] else []
             records.append(record)
@@ -143,6 +153,8 @@ class Store:
         """Insert or replace one record."""
         values = [record.get(name) for name in COLUMNS]
         values[COLUMNS.index("file_deleted")] = int(bool(record.get("file_deleted")))
+        # The column predates method auto, whose format is unknown until the dump runs.
+        values[COLUMNS.index("format")] = record.get("format") or ""
         for column in JSON_COLUMNS:
             values[COLUMNS.index(column)] = json.dumps(record.get(column) or [])
         marks = ", ".join(["?"] * len(COLUMNS))

@@ -260,7 +260,7 @@ def test_error_codes_are_documented():
 def test_capabilities_are_asked_of_libvirt(settings):
     virt = Libvirt(settings.libvirt_uri)
     caps = virt.capabilities()
-    assert (caps.memory_only, caps.live, caps.methods, caps.formats) == (False, False, ["memory-only"], ["elf"])
+    assert (caps.memory_only, caps.live, caps.methods, caps.formats) == (False, False, ["memory-only", "auto"], ["elf"])
 
 
 def test_a_connection_that_describes_a_hypervisor_offers_everything(client, monkeypatch):
@@ -272,7 +272,7 @@ def test_a_connection_that_describes_a_hypervisor_offers_everything(client, monk
                         lambda _self, *args: "<domainCapabilities><path>/usr/bin/qemu-system-x86_64</path></domainCapabilities>")
     jobs.virt.close()
     body = client.get("/health").json()
-    assert body["methods"] == ["memory-only", "live"] and len(body["formats"]) == 6 and body["libvirt"]["memory_only"] is True
+    assert body["methods"] == ["memory-only", "live", "auto"] and len(body["formats"]) == 6 and body["libvirt"]["memory_only"] is True
 
 
 def test_domain_capabilities_without_an_emulator_offer_the_plain_dump_only(client, monkeypatch):
@@ -284,7 +284,7 @@ def test_domain_capabilities_without_an_emulator_offer_the_plain_dump_only(clien
                         lambda _self, *args: "<domainCapabilities><domain>test</domain><arch>i686</arch></domainCapabilities>")
     jobs.virt.close()
     body = client.get("/health").json()
-    assert body["methods"] == ["memory-only"] and body["formats"] == ["elf"] and body["libvirt"]["memory_only"] is False
+    assert body["methods"] == ["memory-only", "auto"] and body["formats"] == ["elf"] and body["libvirt"]["memory_only"] is False
 
 
 # ----- a streamed image never fills the disk

@@ -66,7 +66,11 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
         path = os.path.join(str(evidence), LABEL, entry['evidence_file'])
         assert sha256_file(path) == entry['sha256']
         assert os.path.getsize(path) == entry['size_bytes']
-        assert entry['host'] == 'localhost' and entry['vm_uuid'] and entry['format'] == 'elf'
+        assert entry['host'] == 'localhost' and entry['vm_uuid']
+        # The default, method auto: the guests can migrate, so their dumps are live, each with an ELF derived from it.
+        assert (entry['method'], entry['method_requested'], entry['format']) == ('live', 'auto', 'qemu-migration'), entry
+        assert entry['method_reason'] == 'auto: libvirt accepted a live dump (the guest can migrate)'
+        assert entry['derived_file'] == entry['evidence_file'] + '.elf'
         assert entry['operator'] and entry['collection_version'] == '0.1.0'
         assert entry['started_at'] and entry['finished_at'] and entry['paused_sec'] is not None
         st = os.stat(path)
@@ -75,8 +79,8 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
     # The manifest is generated from the custody log: acquired, collected, verified per dump.
     with open(os.path.join(str(evidence), LABEL, 'custody.jsonl')) as f:
         events = [json.loads(line) for line in f]
-    assert sorted(e['event'] for e in events) == sorted(['acquired', 'collected', 'verified'] * 2)
-    assert [e['seq'] for e in events] == list(range(6)) and events[0]['prev'] == '0' * 64
+    assert sorted(e['event'] for e in events) == sorted(['acquired', 'collected', 'verified', 'derived'] * 2)
+    assert [e['seq'] for e in events] == list(range(8)) and events[0]['prev'] == '0' * 64
     status, listing = svc.api('GET', '/api/dumps?label=' + LABEL)
     assert status == 200 and len(listing['dumps']) == 2
     manifest_before = (evidence / LABEL / 'manifest.json').read_bytes()
@@ -92,7 +96,7 @@ def test_acquire_twice_same_label_changes_and_downloads_nothing(memdump_service,
         st = os.stat(path)
         assert (st.st_ino, st.st_mtime_ns) == ident, path
     assert (evidence / LABEL / 'manifest.json').read_bytes() == manifest_before
-    assert len((evidence / LABEL / 'custody.jsonl').read_text().splitlines()) == 6
+    assert len((evidence / LABEL / 'custody.jsonl').read_text().splitlines()) == 8
 
     # The status and report playbooks show this incident.
     status = run_playbook('vmforensics.memdump.status', extra_vars={'memdump_hosts': 'localhost', 'label': LABEL},

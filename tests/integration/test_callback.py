@@ -240,7 +240,7 @@ def test_play_writes_points_and_records_reads_them(tmp_path, run_playbook, svc, 
     for d in done:
         p = by_id[d['dump_id']]
         assert (p['host'], p['vm'], p['state'], p['label'], p['method'], p['format']) == (
-            'localhost', d['vm'], 'completed', label, 'memory-only', d['format'])
+            'localhost', d['vm'], 'completed', label, d['method'], d['format'])
         assert p['sha256'] == d['sha256'] and p['size_bytes'] == d['size_bytes'] and p['dump_path'] == d['dump_path']
         assert abs(p['duration_sec'] - d['duration_sec']) < 1e-6
         # the point's timestamp is the dump's finished_at

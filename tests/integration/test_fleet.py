@@ -211,7 +211,7 @@ def acquire(fleet, host, label, evidence, **extra):
 def test_memory_only_and_live_dumps_are_taken_and_collected_over_https(fleet, deployed, suite, tmp_path):
     host = fleet.host(suite)
     assert recap(deployed.stdout, host['name'])['failed'] == 0, deployed.stdout[-6000:]
-    entry, magic = acquire(fleet, host, 'IR-FLEET-%s-ELF' % suite.upper(), tmp_path / 'elf')
+    entry, magic = acquire(fleet, host, 'IR-FLEET-%s-ELF' % suite.upper(), tmp_path / 'elf', method='memory-only')
     assert magic[:4] == b'\x7fELF' and entry['method'] == 'memory-only', entry
     entry, magic = acquire(fleet, host, 'IR-FLEET-%s-LIVE' % suite.upper(), tmp_path / 'live', method='live')
     assert magic[:4] == b'QEVM' and entry['method'] == 'live', entry

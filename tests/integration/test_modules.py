@@ -58,12 +58,15 @@ def test_targets_on_qemu(memdump_service, run_playbook):
         assert record['dump_path'].startswith(svc.dump_dir)
         assert os.path.getsize(record['dump_path']) == record['size_bytes']
         assert sha256_file(record['dump_path']) == record['sha256']
+        # The default, method auto: these guests can migrate, so their dumps are live.
+        assert (record['method'], record['method_requested'], record['format']) == ('live', 'auto', 'qemu-migration'), record
         with open(record['dump_path'], 'rb') as f:
-            assert f.read(4) == b'\x7fELF'
+            assert f.read(4) == b'QEVM'
 
 
 def test_wait_timeout_names_pending_vm(memdump_service, run_playbook):
-    """A 2 GiB guest dumps for seconds: a 0.5 s wait fails naming it with its state and progress."""
+    """A 2 GiB guest dumps for seconds (memory-only; a live dump of an idle guest takes a fraction of a second): a 0.5 s
+    wait fails naming it with its state and progress."""
     svc = memdump_service()
     large = os.environ['MEMDUMP_TEST_VM_LARGE']
     result = run_playbook(play('''
@@ -71,6 +74,7 @@ def test_wait_timeout_names_pending_vm(memdump_service, run_playbook):
       vmforensics.memdump.memdump_trigger:
         vms: ["{{ vm }}"]
         label: "{{ lbl }}"
+        method: memory-only
       register: trigger
     - name: Wait too briefly
       vmforensics.memdump.memdump_wait:

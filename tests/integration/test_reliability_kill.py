@@ -25,7 +25,8 @@ GUEST_MIB = 128
 BLOB_MIB = 48
 VIRSH_BOUND = 15  # seconds `virsh list` may take after a kill (it answers in well under a second when all is well)
 POINTS = ('call', 'first_read', 'mid_stream', 'end')
-LIBVIRTD_PID_FILE = os.path.join(os.environ.get('MEMDUMP_STACK_DIR', '/tmp/memdump-stack'), 'libvirtd.pid')
+STACK_DIR = os.environ.get('MEMDUMP_STACK_DIR', '/tmp/memdump-stack')
+LIBVIRTD_PID_FILE = os.path.join(STACK_DIR, 'libvirtd.pid')
 
 
 def virsh(*args, timeout=VIRSH_BOUND):
@@ -54,8 +55,9 @@ def guest_idle():
 @pytest.fixture(scope='module')
 def guest():
     """A transient 128 MiB TCG guest of this file's own (no other test dumps it)."""
-    # QEMU runs as its own user: the loader's file must be readable to it (pytest's temp dirs are not).
-    base = pathlib.Path(tempfile.mkdtemp(prefix=GUEST + '-'))
+    # QEMU runs as its own user: the loader's file must be readable to it. pytest's temp dirs are not, nor is TMPDIR
+    # under /root (tests/run.sh's choice where /tmp is a tmpfs); the stack's directory is kept traversable for QEMU.
+    base = pathlib.Path(tempfile.mkdtemp(prefix=GUEST + '-', dir=STACK_DIR))
     blob = base / 'blob.bin'
     blob.write_bytes(os.urandom(BLOB_MIB * 1024 * 1024))
     os.chmod(base, 0o755)

@@ -73,7 +73,7 @@ def test_default_user_takes_over_from_root_and_dumps_every_way(systemd_host, run
     # An earlier deployment as root, with one image on disk.
     deploy(memdump_service_user='root', memdump_service_group='root')
     assert ssh('systemctl show -p User --value memdump.service') == 'root'
-    before, magic = acquire('IR-SYSTEMD-ROOT', tmp_path / 'evidence-root')
+    before, magic = acquire('IR-SYSTEMD-ROOT', tmp_path / 'evidence-root', method='memory-only')
     assert magic[:4] == b'\x7fELF'
     assert ssh('stat -c %U /var/lib/memdump/state.sqlite') == 'root'
 
@@ -90,12 +90,12 @@ def test_default_user_takes_over_from_root_and_dumps_every_way(systemd_host, run
     assert status == 200 and health['libvirt']['connected'], health
 
     # The root-era record and image are still the service's: listed, reused, downloaded again intact.
-    again = acquire('IR-SYSTEMD-ROOT', tmp_path / 'evidence-root-again')[0]
+    again = acquire('IR-SYSTEMD-ROOT', tmp_path / 'evidence-root-again', method='memory-only')[0]
     assert again['dump_id'] == before['dump_id'] and again['sha256'] == before['sha256']
 
     # As memdump: ELF through the FIFO, kdump in a file that libvirtd writes, and a live dump.
-    assert acquire('IR-SYSTEMD-ELF', tmp_path / 'evidence-elf')[1][:4] == b'\x7fELF'
-    assert acquire('IR-SYSTEMD-KDUMP', tmp_path / 'evidence-kdump', format='kdump-zlib')[1] == b'KDUMP   '
+    assert acquire('IR-SYSTEMD-ELF', tmp_path / 'evidence-elf', method='memory-only')[1][:4] == b'\x7fELF'
+    assert acquire('IR-SYSTEMD-KDUMP', tmp_path / 'evidence-kdump', method='memory-only', format='kdump-zlib')[1] == b'KDUMP   '
     live, magic = acquire('IR-SYSTEMD-LIVE', tmp_path / 'evidence-live', method='live')
     assert magic[:4] == b'QEVM' and live['method'] == 'live'
     owners = ssh('stat -c "%U %a" /var/lib/memdump/dumps/*').splitlines()

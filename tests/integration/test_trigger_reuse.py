@@ -118,8 +118,8 @@ def test_same_label_again_is_not_changed(memdump_service, run_playbook, test_dri
 
 
 def test_in_flight_dump_of_another_label_is_never_handed_out(memdump_service, run_playbook):
-    """A 2 GiB guest dumps for seconds: a forced request of another incident (label) gets a dump of its own, queued
-    behind the one in flight (issue 24: one incident never receives another's image)."""
+    """A 2 GiB guest dumps for seconds (memory-only): a forced request of another incident (label) gets a dump of its own,
+    queued behind the one in flight (issue 24: one incident never receives another's image)."""
     svc = memdump_service()
     large = os.environ['MEMDUMP_TEST_VM_LARGE']
     result = run_playbook(play('''
@@ -127,11 +127,13 @@ def test_in_flight_dump_of_another_label_is_never_handed_out(memdump_service, ru
       vmforensics.memdump.memdump_trigger:
         vms: ["{{ vm }}"]
         label: "{{ lbl }}"
+        method: memory-only
       register: trigger
     - name: Force another label while it runs
       vmforensics.memdump.memdump_trigger:
         vms: ["{{ vm }}"]
         label: "{{ lbl }}-b"
+        method: memory-only
         force: true
       register: forced
     - name: Wait

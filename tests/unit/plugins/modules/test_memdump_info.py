@@ -8,11 +8,6 @@ from __future__ import annotations
 from ansible_collections.vmforensics.memdump.plugins.modules import memdump_info
 
 
-def warning_texts(result):
-    """The warnings of a result as strings (ansible-core 2.19 returns them as structures)."""
-    return [w['event']['msg'] if isinstance(w, dict) else w for w in result.get('warnings', [])]
-
-
 def test_lists_all_and_filters(fake_service, run_module):
     a = fake_service.add('web01', 'completed', label='IR-1')
     b = fake_service.add('db01', 'failed', label='IR-1')
@@ -40,7 +35,7 @@ def test_unreachable_is_a_warning_unless_fail_on_unavailable(closed_url, run_mod
     assert not result.get('failed')
     assert result['service']['status'] == 'unavailable' and closed_url in result['service']['error']
     assert result['dumps'] == []
-    (warning,) = warning_texts(result)
+    (warning,) = result.get('warnings', [])
     assert 'the memdump service at %s is unavailable' % closed_url in warning and 'refused' in warning.lower()
     result = run_module(memdump_info, {'url': closed_url, 'fail_on_unavailable': True})
     assert result['failed'] and 'the memdump service at %s is unavailable' % closed_url in result['msg']
@@ -53,7 +48,7 @@ def test_libvirt_down_still_lists_with_a_warning(fake_service, run_module):
     result = run_module(memdump_info, {'url': fake_service.url})
     assert result['service']['status'] == 'unavailable' and result['service']['libvirt']['connected'] is False
     assert len(result['dumps']) == 1
-    (warning,) = warning_texts(result)
+    (warning,) = result.get('warnings', [])
     assert fake_service.url in warning and 'can not reach libvirt: cannot connect to libvirt' in warning
     result = run_module(memdump_info, {'url': fake_service.url, 'fail_on_unavailable': True})
     assert result['failed'] and 'can not reach libvirt' in result['msg']
@@ -61,7 +56,7 @@ def test_libvirt_down_still_lists_with_a_warning(fake_service, run_module):
 
 def test_healthy_service_gives_no_warning(fake_service, run_module):
     result = run_module(memdump_info, {'url': fake_service.url, 'fail_on_unavailable': True})
-    assert not result.get('failed') and not warning_texts(result)
+    assert not result.get('failed') and not result.get('warnings', [])
 
 
 def test_follows_pages(fake_service, run_module):

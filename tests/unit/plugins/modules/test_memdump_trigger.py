@@ -28,7 +28,8 @@ def test_posts_once_and_returns_records(fake_service, run_module):
     assert all(d['created'] and d['state'] == 'queued' and d['label'] == 'IR-1' for d in result['dumps'])
     assert result['dump_ids'] == dict((d['vm'], d['dump_id']) for d in result['dumps'])
     assert result['created'] == ['web01', 'db01']
-    assert [r[:2] for r in fake_service.requests] == [('POST', '/api/dumps')]  # nothing read before
+    # /health only for the methods it offers (method auto)
+    assert [r[:2] for r in fake_service.requests] == [('GET', '/health'), ('POST', '/api/dumps')]
     (body,) = posts(fake_service)
     assert body['vms'] == ['web01', 'db01'] and body['label'] == 'IR-1' and body['force'] is False
     assert 'dry_run' not in body
@@ -148,11 +149,27 @@ def test_http_error_carries_status_and_detail(fake_service, run_module):
     assert result['status'] == 400
 
 
-def test_method_is_sent_only_when_set(fake_service, run_module):
+def test_method_auto_is_the_default(fake_service, run_module):
     run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01']})
     run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01'], 'method': 'live'})
-    default, live = posts(fake_service)
-    assert 'method' not in default and live['method'] == 'live' and 'format' not in live
+    run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['app01'], 'method': 'memory-only', 'format': 'kdump-zlib'})
+    default, live, memory_only = posts(fake_service)
+    assert default['method'] == 'auto' and 'format' not in default
+    assert live['method'] == 'live' and 'format' not in live
+    assert memory_only['method'] == 'memory-only' and memory_only['format'] == 'kdump-zlib'
+
+
+def test_auto_on_a_service_without_it_sends_no_method(fake_service, run_module):
+    """The service's default (memory-only) is what auto ends in where the service cannot tell; an older memdump
+    service, which offers live, gets a warning that names it."""
+    fake_service.methods = ['memory-only', 'live']
+    older = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'format': 'kdump-zlib'})
+    assert [w for w in older.get('warnings', []) if 'offers no method auto' in w and fake_service.url in w]
+    fake_service.methods, fake_service.core_only = None, True
+    core = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01']})
+    assert core['changed'] is True and not core.get('warnings')
+    first, second = posts(fake_service)
+    assert 'method' not in first and first['format'] == 'kdump-zlib' and 'method' not in second
 
 
 def test_live_refused_before_sending_when_the_service_does_not_offer_it(fake_service, run_module):
