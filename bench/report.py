@@ -370,6 +370,13 @@ def p7_text(r):
                 pause(m, 'libvirt_downtime_sec'), pause(m, 'event_pause_sec'), pause(m, 'event_pause_sec', 'max'),
                 pause(m, 'heartbeat_gap_sec'), pause(m, 'heartbeat_gap_sec', 'max'), sec(m['duration_sec']['median']),
                 m['size_mib']['median']))
+    out += ['', 'The live pause does not grow with RAM (only the pages dirtied during the last round are sent while the guest is '
+            'stopped); the memory-only pause is the whole dump. The heartbeat gap is the guest\'s own view, plus the moment its '
+            'writer needs to run again after the resume; the lifecycle events track it, libvirt\'s downtime statistic stays '
+            'below it (it ends when QEMU has sent the last pages, before libvirt resumes the guest), which is why the service '
+            'records the events\' span as `paused_sec` and keeps libvirt\'s figure beside it. On the busy host the reader of the '
+            'stream gets less CPU; QEMU sizes the last round from the bandwidth it measured, so the copy takes longer while the '
+            'pause stays small.']
     return out
 
 
