@@ -481,8 +481,25 @@ def headline(fid, r):
     return ''
 
 
+def earlier_doc():
+    """The summary rows, sections, header and conditions of the docs/performance.md there is: a figure that this run did not
+    measure keeps them (a partial run on a machine that no longer has the earlier results)."""
+    try:
+        with open(DOC, encoding='utf-8') as f:
+            text = f.read()
+    except OSError:
+        return {}, {}, None
+    rows = dict((line.split('|')[1].strip(), line) for line in text.splitlines() if line.startswith('| P'))
+    sections = {}
+    for part in text.split('\n## ')[1:]:
+        head = part.split(':', 1)[0] if part.startswith('P') else part.split('\n', 1)[0]
+        sections[head] = '## ' + part.rstrip('\n')
+    return rows, sections, text.split('\n## Summary', 1)[0]
+
+
 def write():
     m = load('machine.json') or {}
+    earlier_rows, earlier_sections, earlier_header = earlier_doc()
     loads = []
     try:
         with open(os.path.join(b.RESULTS, 'load.txt')) as f:
@@ -509,9 +526,17 @@ def write():
                'P7': 'live pause p50 ≤ 50 ms and live / memory-only ≤ 0.01 at 4 GiB', 'P8': '≥ 0.80, flat RSS',
                'P9': 'conversion ≥ disk sequential read; derived ELF opens as fast as a memory-only ELF',
                'P10': 'a re-run changes nothing; wall and controller CPU per host side by side'}
+    # Figures this run did not measure keep what the document said of them, and then its header and conditions too
+    # (they describe the run those figures come from); each section says when and where it was taken.
+    kept = [fid for fid in FIGURES if results[fid] is None and fid in earlier_sections]
+    if kept and earlier_header and 'Conditions' in earlier_sections:
+        out[:4] = [earlier_header.rstrip('\n'), '']
     for fid in FIGURES:
+        if fid in kept:
+            out.append(earlier_rows.get(fid) or '| %s | %s | %s | see its section | |' % (fid, titles[fid], targets[fid]))
+            continue
         out.append('| %s | %s | %s | %s | %s |' % (fid, titles[fid], targets[fid], headline(fid, results[fid]), verdict(results[fid])))
-    out += ['', '## Conditions', '',
+    conditions = ['', '## Conditions', '',
             '- Machine: %s CPUs (%s), %s RAM, disk %s; %s, kernel %s.' % (
                 m.get('nproc'), m.get('cpu'), m.get('memory'), m.get('disk'), m.get('os'), m.get('kernel')),
             '- Software: Python %s, %s, libvirt (%s), %s, %s.' % (
@@ -531,11 +556,15 @@ def write():
             '`emulator/cpu.cfs_quota_us`, what `virsh schedinfo --live emulator_quota=` sets; written directly because '
             'libvirt holds the domain\'s job lock during a dump); the service still reads, hashes and stores the whole '
             'stream.',
-            '- Statistics: median, p95 (nearest rank), min–max spread, n = samples.', '',
-            '## Reproduce', '', '```', 'make bench            # = bash bench/run.sh: stack up if needed, bench-up, P1..P6, bench-down, this file',
+            '- Statistics: median, p95 (nearest rank), min–max spread, n = samples.', '']
+    out += ['', earlier_sections['Conditions'], ''] if kept and 'Conditions' in earlier_sections else conditions
+    out += ['## Reproduce', '', '```', 'make bench            # = bash bench/run.sh: stack up if needed, bench-up, P1..P6, bench-down, this file',
             'bash bench/run.sh P3  # one figure (needs the stack and bench-up; run.sh does both)', '```', '']
     for fid in FIGURES:
         r = results[fid]
+        if fid in kept:
+            out += [earlier_sections[fid], '']
+            continue
         out += ['## %s: %s' % (fid, titles[fid]), '', 'Target: %s. Result: %s.' % (targets[fid], verdict(r)), '']
         if r is None:
             out += ['Not measured in this run (a component was missing or the script failed; see bench/results/).', '']
@@ -544,8 +573,8 @@ def write():
             out += TEXT[fid](r)
         except (KeyError, TypeError, ZeroDivisionError) as e:
             out.append('Result incomplete (%s); raw data in bench/results/%s.json.' % (e, fid.lower()))
-        out += ['', 'Taken %s; load average before/after: %s / %s. Command: `%s`.' % (
-            r.get('taken_at'), r.get('load_before'), r.get('load_after'), r.get('command')), '']
+        out += ['', 'Taken %s on %s CPUs (%s); load average before/after: %s / %s. Command: `%s`.' % (
+            r.get('taken_at'), m.get('nproc'), m.get('cpu'), r.get('load_before'), r.get('load_after'), r.get('command')), '']
     with open(DOC, 'w') as f:
         f.write('\n'.join(out).rstrip() + '\n')
     b.log('wrote %s' % DOC)
