@@ -83,7 +83,8 @@ options:
       - V(auto) asks for a live dump and, where libvirt refuses one before touching the guest (a migration blocker such
         as a host device; or a host without a hypervisor that can migrate), the service takes a memory-only dump in
         O(format) instead. Each returned record says which in C(method) and why in C(method_reason), in libvirt's words.
-      - V(memory-only) pauses the guest for the whole dump (seconds per GiB) and gives an image in O(format).
+      - V(memory-only) pauses the guest for the whole dump (seconds per GiB) and gives an image in O(format). It is the
+        service's default and is not sent, so that a service with only the core API takes it too.
       - V(live) keeps the guest running and pauses it only for the last pages (milliseconds); the image is QEMU's
         migration stream (suffix C(.qevm)); the P(vmforensics.memdump.memdump_convert#module) module derives an ELF
         core from it that every analysis tool opens. Where libvirt cannot migrate the guest, the dump fails.
@@ -284,6 +285,8 @@ def run(module):
             module.warn('the memdump service at %s offers no method auto (an older version): its dumps are memory-only; '
                         'update the service, or set method live for guests that can migrate' % client.url)
         method = None
+    if method == 'memory-only':
+        method = None  # the service's default: also what a service without the field (the core API) does
 
     request_id = None
     if module.check_mode:
