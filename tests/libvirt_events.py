@@ -12,48 +12,30 @@ import threading
 import time
 
 import libvirt
-from memdump_service.virt import start_event_loop
-
-# How long pauses() waits for the Resumed event of a Suspended one (libvirt resumes the guest before a dump call
-# returns; the event may arrive a little later).
-RESUMED_WAIT = 5.0
+from memdump_service.virt import PauseWatch, start_event_loop
 
 
 class LifecycleWatch:
-    """Starts watching a domain's lifecycle events (registered when the constructor returns); :meth:`pauses` stops and
-    returns the pauses seen."""
+    """Starts watching a domain's lifecycle events on a connection of its own (registered when the constructor returns);
+    :meth:`pauses` stops and returns the pauses seen. The bookkeeping is the service's PauseWatch; the connection, and
+    so the events' delivery and timing, is the caller's."""
 
     def __init__(self, uri, vm):
         start_event_loop()  # once per process; the service in the same process shares it
         self.conn = libvirt.open(uri)
-        self.changed = threading.Condition()
-        self.suspended_at = []  # time.monotonic() of each Suspended event
-        self.resumed_at = []
-        self.callback_id = self.conn.domainEventRegisterAny(self.conn.lookupByName(vm), libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                            self._event, None)
+        self.watch = PauseWatch(self.conn, self.conn.lookupByName(vm))
 
-    def _event(self, _conn, _dom, event, _detail, _opaque):
-        now = time.monotonic()
-        with self.changed:
-            if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
-                self.suspended_at.append(now)
-            elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
-                self.resumed_at.append(now)
-            self.changed.notify_all()
+    @property
+    def suspended_at(self):
+        """time.monotonic() of each Suspended event."""
+        return self.watch.suspended
 
     def pauses(self):
-        """Seconds between each Suspended and the Resumed after it, in order."""
-        with self.changed:
-            self.changed.wait_for(lambda: len(self.resumed_at) >= len(self.suspended_at), RESUMED_WAIT)
-            suspended, resumed = list(self.suspended_at), list(self.resumed_at)
-        self.conn.domainEventDeregisterAny(self.callback_id)
+        """Seconds between each Suspended and the Resumed after it, in order. The callers watch a dump that paused the
+        guest: this waits (bounded) for its events still on their way."""
+        self.watch.finish(expect_pause=True)
         self.conn.close()
-        spans = []
-        for start in suspended:
-            end = next((moment for moment in resumed if moment >= start), None)
-            if end is not None:
-                spans.append(end - start)
-        return spans
+        return list(self.watch.pauses)
 
 
 class Heartbeat:

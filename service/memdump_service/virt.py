@@ -129,8 +129,9 @@ class PauseWatch:
         self._conn = conn
         self._changed = threading.Condition()
         self._suspended_at: t.Optional[float] = None
-        self._paused = 0.0
-        self._seen = False
+        # time.monotonic() of each Suspended event, and each pause (Suspended .. the Resumed after it), in order.
+        self.suspended: t.List[float] = []
+        self.pauses: t.List[float] = []
         try:
             self._callback_id: t.Optional[int] = conn.domainEventRegisterAny(dom, VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._event, None)
         except libvirt.libvirtError as exc:
@@ -142,19 +143,21 @@ class PauseWatch:
         now = time.monotonic()
         with self._changed:
             if event == VIR_DOMAIN_EVENT_SUSPENDED and self._suspended_at is None:
-                self._suspended_at, self._seen = now, True
+                self._suspended_at = now
+                self.suspended.append(now)
             elif event == VIR_DOMAIN_EVENT_RESUMED and self._suspended_at is not None:
-                self._paused += now - self._suspended_at
+                self.pauses.append(now - self._suspended_at)
                 self._suspended_at = None
             self._changed.notify_all()
 
-    def finish(self) -> t.Optional[float]:
+    def finish(self, expect_pause: bool = True) -> t.Optional[float]:
         """Seconds the guest was paused (a pause still open after RESUMED_EVENT_WAIT counts until now); None when no
-        Suspended event came (events not delivered, or a guest paused before the dump)."""
+        Suspended event came (events not delivered, or a guest paused before the dump). With expect_pause (the guest
+        was running: the dump paused it), waits at most RESUMED_EVENT_WAIT for a Suspended event still on its way too."""
         with self._changed:
-            self._changed.wait_for(lambda: self._suspended_at is None, RESUMED_EVENT_WAIT)
-            paused = self._paused + (time.monotonic() - self._suspended_at if self._suspended_at is not None else 0.0)
-            seen = self._seen
+            self._changed.wait_for(lambda: (self.suspended or not expect_pause) and self._suspended_at is None, RESUMED_EVENT_WAIT)
+            paused = sum(self.pauses) + (time.monotonic() - self._suspended_at if self._suspended_at is not None else 0.0)
+            seen = bool(self.suspended)
         if self._callback_id is not None:
             try:
                 self._conn.domainEventDeregisterAny(self._callback_id)
@@ -784,11 +787,13 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
             # Recorded first, so that a restart after a crash can put it back too.
             on_uuid({"downtime_restore_ms": previous_downtime_ms})
         pauses = PauseWatch(conn, dom) if self.live else None
+        dumped = False
         started = time.monotonic()
         try:
             if previous_downtime_ms is not None:
                 dom.migrateSetMaxDowntime(self.live_max_downtime_ms, 0)
             self.call_libvirt(dom, target, flags)
+            dumped = True
         except libvirt.libvirtError:
             if hasher is not None:
                 hasher.finish()
@@ -809,7 +814,8 @@ class DumpJob:  # pylint: disable=too-many-instance-attributes
                     dom.migrateSetMaxDowntime(previous_downtime_ms, 0)
                 except libvirt.libvirtError as exc:
                     LOG.warning("cannot restore the migration downtime limit %s ms of VM '%s': %s", previous_downtime_ms, self.vm, exc)
-            event_pause = pauses.finish() if pauses is not None else None
+            # A completed live dump of a running guest paused it: its Suspended event may still be on its way.
+            event_pause = pauses.finish(expect_pause=dumped and state == 1) if pauses is not None else None
         if self.live:
             self.libvirt_downtime_sec = self._live_downtime(dom)
             if event_pause is not None:
