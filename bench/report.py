@@ -537,26 +537,26 @@ def write():
             continue
         out.append('| %s | %s | %s | %s | %s |' % (fid, titles[fid], targets[fid], headline(fid, results[fid]), verdict(results[fid])))
     conditions = ['', '## Conditions', '',
-            '- Machine: %s CPUs (%s), %s RAM, disk %s; %s, kernel %s.' % (
-                m.get('nproc'), m.get('cpu'), m.get('memory'), m.get('disk'), m.get('os'), m.get('kernel')),
-            '- Software: Python %s, %s, libvirt (%s), %s, %s.' % (
-                m.get('python'), ''.join(m.get('ansible_core') or []), m.get('libvirt'), ''.join(m.get('qemu') or []),
-                m.get('influxdb')),
-            '- Load: 1-minute load average %s at the start; during the run median %s, max %s (sampled every 5 s). %s'
-            % (m.get('load_at_start'), '%.1f' % sorted(loads)[len(loads) // 2] if loads else '?', '%.1f' % max(loads) if loads else '?',
-               # The benchmark's own guests and services load the 2 cores; well above that, something else was running.
-               'The load was above what the benchmark itself makes, so absolute times are noisy: read the medians, the spreads '
-               'and the ratios between variants measured in the same run.' if loads and sorted(loads)[len(loads) // 2] > 2.5 else
-               'Nothing but the benchmark ran; its own guests and services share the 2 cores, so read the ratios between '
-               'variants measured in the same run as well as the absolute times.'),
-            '- Guests: TCG (`type=\'qemu\'`), created by `tests/stack/stack.sh bench-up` and removed by `bench-down`: '
-            '`memdump-bench-random` (1 GiB, RAM filled from 1 MiB up with random bytes by QEMU\'s loader), '
-            '`memdump-bench-a`/`-b` (1 GiB), `memdump-bench-small` (256 MiB). Dumps that must last a given time are '
-            'slowed by capping the CPU of the guest\'s QEMU emulator threads, which write the dump (libvirt\'s cgroup '
-            '`emulator/cpu.cfs_quota_us`, what `virsh schedinfo --live emulator_quota=` sets; written directly because '
-            'libvirt holds the domain\'s job lock during a dump); the service still reads, hashes and stores the whole '
-            'stream.',
-            '- Statistics: median, p95 (nearest rank), min–max spread, n = samples.', '']
+                  '- Machine: %s CPUs (%s), %s RAM, disk %s; %s, kernel %s.' % (
+                      m.get('nproc'), m.get('cpu'), m.get('memory'), m.get('disk'), m.get('os'), m.get('kernel')),
+                  '- Software: Python %s, %s, libvirt (%s), %s, %s.' % (
+                      m.get('python'), ''.join(m.get('ansible_core') or []), m.get('libvirt'), ''.join(m.get('qemu') or []),
+                      m.get('influxdb')),
+                  '- Load: 1-minute load average %s at the start; during the run median %s, max %s (sampled every 5 s). %s'
+                  % (m.get('load_at_start'), '%.1f' % sorted(loads)[len(loads) // 2] if loads else '?', '%.1f' % max(loads) if loads else '?',
+                     # The benchmark's own guests and services load the 2 cores; well above that, something else was running.
+                     'The load was above what the benchmark itself makes, so absolute times are noisy: read the medians, the spreads '
+                     'and the ratios between variants measured in the same run.' if loads and sorted(loads)[len(loads) // 2] > 2.5 else
+                     'Nothing but the benchmark ran; its own guests and services share the 2 cores, so read the ratios between '
+                     'variants measured in the same run as well as the absolute times.'),
+                  '- Guests: TCG (`type=\'qemu\'`), created by `tests/stack/stack.sh bench-up` and removed by `bench-down`: '
+                  '`memdump-bench-random` (1 GiB, RAM filled from 1 MiB up with random bytes by QEMU\'s loader), '
+                  '`memdump-bench-a`/`-b` (1 GiB), `memdump-bench-small` (256 MiB). Dumps that must last a given time are '
+                  'slowed by capping the CPU of the guest\'s QEMU emulator threads, which write the dump (libvirt\'s cgroup '
+                  '`emulator/cpu.cfs_quota_us`, what `virsh schedinfo --live emulator_quota=` sets; written directly because '
+                  'libvirt holds the domain\'s job lock during a dump); the service still reads, hashes and stores the whole '
+                  'stream.',
+                  '- Statistics: median, p95 (nearest rank), min–max spread, n = samples.', '']
     out += ['', earlier_sections['Conditions'], ''] if kept and 'Conditions' in earlier_sections else conditions
     out += ['## Reproduce', '', '```', 'make bench            # = bash bench/run.sh: stack up if needed, bench-up, P1..P6, bench-down, this file',
             'bash bench/run.sh P3  # one figure (needs the stack and bench-up; run.sh does both)', '```', '']
