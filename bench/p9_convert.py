@@ -2,13 +2,16 @@
 
 One live dump (`virsh dump --live`) and one memory-only ELF dump (`virsh dump --memory-only --format elf`)
 of the same Linux guest of more than 4 GiB (convert-env's MEMDUMP_CONVERT_VM_PC, 4608 MiB, `pc`), then:
-- conversion throughput: the converter (stream -> ELF, one pass) with and without its page check, in MiB
-  of stream per second, against the disk's sequential read rate of the same stream (`dd iflag=direct`);
+- conversion throughput: the converter (stream -> ELF, one pass, the stream's SHA-256 included) with and
+  without its page check, in MiB of stream per second, against the disk's sequential read rate of the same
+  stream (`dd iflag=direct`) and against SHA-256 alone over it (`sha256sum`, and Python's hashlib as the
+  converter uses it), which no converter that records the stream's hash can outrun;
 - Volatility 3's time to open each image (stack its format layer, read one page; the Python imports are
   left out) on the derived ELF, the stream and the memory-only ELF, REPS times alternating;
 - Volatility 3's time to the kernel banner (`vol -q -r csv banners.Banners`), once per image.
 Target: conversion >= the disk's sequential rate; opening the derived ELF as fast as the memory-only ELF.
 """
+import hashlib
 import json
 import os
 import re
@@ -63,6 +66,23 @@ def disk_read_mib_s(path):
     return int(match.group(1)) / 1048576.0 / float(match.group(2))
 
 
+def sha256_mib_s(path, tool):
+    """SHA-256 of the stream alone, read from disk: `sha256sum`, or hashlib in the converter's 1 MiB pieces."""
+    drop_cache(path)
+    started = time.monotonic()
+    if tool == 'sha256sum':
+        subprocess.run(['sha256sum', path], check=True, capture_output=True)
+    else:
+        digest = hashlib.sha256()
+        with open(path, 'rb', buffering=0) as handle:
+            while True:
+                data = handle.read(1 << 20)
+                if not data:
+                    break
+                digest.update(data)
+    return os.path.getsize(path) / 1048576.0 / (time.monotonic() - started)
+
+
 def converter(coll):
     sys.path.insert(0, coll)
     from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _qevm2elf  # pylint: disable=import-outside-toplevel
@@ -73,9 +93,20 @@ def main():
     vm = b.env('MEMDUMP_CONVERT_VM_PC')
     reps = b.int_env('MEMDUMP_BENCH_P9_REPS', 3)
     probe = b.env('MEMDUMP_BENCH_P9_PROBE', '0x140000000')     # a page above 4 GiB: the loader's blob
+    conv = converter(b.collections_path())
+    busy = os.environ.get('MEMDUMP_CONVERT_VM_BUSY')
+    if busy:    # it rewrites its memory without pause: a whole CPU under TCG, which P9 would measure too
+        subprocess.run(b.VIRSH + ['suspend', busy], check=True, capture_output=True)
+    try:
+        measure(vm, reps, probe, conv)
+    finally:
+        if busy:
+            subprocess.run(b.VIRSH + ['resume', busy], check=False, capture_output=True)
+
+
+def measure(vm, reps, probe, conv):
     work = b.workdir('p9')
     os.chmod(work, 0o755)      # libvirt's QEMU (another user) writes the dumps here
-    conv = converter(b.collections_path())
     stream, mo_elf = os.path.join(work, 'live.qevm'), os.path.join(work, 'memory-only.elf')
     load_before = b.loadavg()
     b.log('P9: live dump of %s' % vm)
@@ -84,12 +115,15 @@ def main():
     mo_sec = virsh_dump(vm, mo_elf, '--memory-only', '--format', 'elf')
     xml = subprocess.run(b.VIRSH + ['dumpxml', vm], check=True, capture_output=True, text=True).stdout
     size = os.path.getsize(stream)
-    rows = {'convert': [], 'convert_and_check': [], 'disk_read': []}
+    rows = {'convert': [], 'convert_and_check': [], 'disk_read': [], 'sha256sum': [], 'sha256_hashlib': []}
     report = None
     for rep in range(reps):
-        for variant in b.rotate(['convert', 'convert_and_check', 'disk_read'], rep):
+        for variant in b.rotate(sorted(rows), rep):
             if variant == 'disk_read':
                 rows[variant].append(round(disk_read_mib_s(stream), 1))
+                continue
+            if variant.startswith('sha256'):
+                rows[variant].append(round(sha256_mib_s(stream, variant), 1))
                 continue
             out = os.path.join(work, 'derived-%s.elf' % variant)
             if os.path.exists(out):
@@ -132,6 +166,8 @@ def main():
         'stream_bytes': size, 'derived_elf_bytes': os.path.getsize(derived), 'derived_elf_allocated_bytes': os.stat(derived).st_blocks * 512,
         'memory_only_elf_bytes': os.path.getsize(mo_elf), 'live_dump_sec': round(live_sec, 2), 'memory_only_dump_sec': round(mo_sec, 2),
         'convert_mib_s': conv_mib_s, 'convert_and_check_mib_s': b.summary(rows['convert_and_check'], 1), 'disk_read_mib_s': disk,
+        'sha256sum_mib_s': b.summary(rows['sha256sum'], 1), 'sha256_hashlib_mib_s': b.summary(rows['sha256_hashlib'], 1),
+        'convert_vs_hashlib': round(conv_mib_s['median'] / b.summary(rows['sha256_hashlib'], 1)['median'], 3),
         'convert_vs_disk': round(conv_mib_s['median'] / disk['median'], 3),
         'pages': report['pages'], 'check_ok': report['check']['ok'],
         'open_sec': {k: b.summary(v, 3) for k, v in opens.items()}, 'banners': banners,

@@ -46,6 +46,7 @@ DEFAULT_METHOD = 'memory-only'
 # Fields of the service's record carried into the custody events when present (context for the analyst).
 CONTEXT_FIELDS = ('domain_xml', 'machine', 'qemu_version', 'libvirt_version')
 CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
 DIR_MODE = 0o700
 LOG_MODE = 0o600
 
@@ -69,18 +70,54 @@ def sha256_hex(data):
 
 
 def sha256_file(path):
+    """``(size, SHA-256)`` of the file at ``path``."""
+    with open(path, 'rb', buffering=0) as f:
+        return sha256_fd(f.fileno())
+
+
+def sha256_fd(fd):
+    """``(size, SHA-256)`` of an open file, read with pread (the file position is left alone). Only its
+    data is read: a hole (the unused guest memory of a sparse ELF) is hashed from zeros in memory."""
     digest = hashlib.sha256()
-    size = 0
+    size = os.fstat(fd).st_size
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(path, 'rb', buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            digest.update(view[:n])
-            size += n
-    return size, digest.hexdigest()
+    zeros = memoryview(_ZEROS)
+    pos = 0
+    while pos < size:
+        data, hole = _next_data(fd, pos, size)
+        while pos < data:
+            step = min(CHUNK, data - pos)
+            digest.update(zeros[:step])
+            pos += step
+        while pos < hole:
+            count = _pread_into(fd, view[:min(CHUNK, hole - pos)], pos)
+            if not count:       # the file shrank meanwhile: what was read is what is hashed
+                return pos, digest.hexdigest()
+            digest.update(view[:count])
+            pos += count
+    return pos, digest.hexdigest()
+
+
+def _next_data(fd, pos, size):
+    """The next ``(data, hole)`` extent from ``pos`` (``(size, size)`` when only holes follow)."""
+    try:
+        data = os.lseek(fd, pos, os.SEEK_DATA)
+        return data, min(os.lseek(fd, data, os.SEEK_HOLE), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size, size
+        return pos, size        # no hole support here: all of it is read
+    except AttributeError:      # no SEEK_DATA on this system
+        return pos, size
+
+
+def _pread_into(fd, view, pos):
+    if hasattr(os, 'preadv'):
+        return os.preadv(fd, [view], pos)
+    data = os.pread(fd, len(view), pos)
+    view[:len(data)] = data
+    return len(data)
 
 
 def make_dir(path):

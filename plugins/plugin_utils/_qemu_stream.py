@@ -23,8 +23,11 @@ Device state follows in FULL sections, then EOF and a JSON description of the de
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
 import struct
+import threading
 from xml.etree import ElementTree
 
 PAGE_SIZE = 4096            # x86's TARGET_PAGE_SIZE
@@ -67,6 +70,10 @@ MAX_DOMAIN_XML_BYTES = 8 << 20
 READ_CHUNK = 8 << 20
 FOUR_GIB = 1 << 32
 _BE64 = struct.Struct('>Q')
+ZERO_RECORD = 9                 # be64 header + the fill byte
+PAGE_RECORD = 8 + PAGE_SIZE
+RUN_MIN, ZERO_RUN_MAX, PAGE_RUN_MAX = 4, 4096, 256
+_RUNS = {}                      # (record size, run length) -> struct of that many records' headers
 # QEMU moves RAM above 1 TiB when it would reach AMD's HyperTransport hole (hw/i386/pc.c).
 AMD_HT_START = 0xFD00000000
 VGA_WINDOW = (0xA0000, 0xC0000)
@@ -85,11 +92,120 @@ class Unsupported(StreamError):
     """The stream uses a QEMU feature this reader does not handle (named in the message)."""
 
 
+class ReadAhead:
+    """The file read and hashed ahead of the parser, each in a thread of its own: reading from disk,
+    SHA-256 and parsing overlap (file reads and hashlib release the GIL). ``read()`` returns the next
+    chunk (a bytearray whose first HEAD_ROOM bytes are free; b'' at the end). At most ``depth`` chunks
+    wait in each queue, so memory stays bounded (a few chunks) whatever the file's size."""
+
+    HASH_PIECE = 1 << 20        # SHA-256 runs faster on pieces that stay in the CPU's cache
+    HEAD_ROOM = 64 << 10
+
+    def __init__(self, handle, label, hasher, chunk=READ_CHUNK, depth=3):
+        self._handle = handle
+        self._label = label
+        self._hasher = hasher
+        self._chunk = chunk
+        self._parsed = queue.Queue(depth)
+        self._hashed = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._hash_error = None
+        try:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except (AttributeError, OSError, ValueError):
+            pass        # only a hint (and not on every system)
+        self._threads = [threading.Thread(target=self._read, daemon=True), threading.Thread(target=self._hash, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _put(self, where, item):
+        while not self._stop.is_set():
+            try:
+                where.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self):
+        try:
+            while True:
+                data = self._next_chunk()
+                if not (self._put(self._hashed, data) and self._put(self._parsed, data)) or not data:
+                    return
+        except OSError as exc:
+            error = StreamError('cannot read %s: %s' % (self._label, exc.strerror or exc))
+        except Exception as exc:  # pylint: disable=broad-except  # never leave the parser waiting for a chunk
+            error = StreamError('reading %s failed: %s' % (self._label, exc))
+        # Handed to the parser, which reports it.
+        self._put(self._parsed, error)
+        self._put(self._hashed, b'')
+
+    def _next_chunk(self):
+        """A new bytearray: HEAD_ROOM free bytes (where the parser puts the end of the chunk before, so
+        that a record across two chunks costs no copy of the whole chunk), then up to a chunk of the file."""
+        data = bytearray(self.HEAD_ROOM + self._chunk)
+        view = memoryview(data)
+        filled = self.HEAD_ROOM
+        while filled < len(data):
+            count = self._handle.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        view.release()
+        if filled == self.HEAD_ROOM:
+            return b''
+        del data[filled:]
+        return data
+
+    def _hash(self):
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = self._hashed.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if not data:
+                    return
+                view = memoryview(data)
+                for start in range(self.HEAD_ROOM, len(data), self.HASH_PIECE):
+                    self._hasher.update(view[start:start + self.HASH_PIECE])
+                view.release()
+        except Exception as exc:  # pylint: disable=broad-except  # a hash that missed bytes must not be reported
+            self._hash_error = exc
+
+    def read(self, _size=None):
+        if self._done:
+            return b''
+        data = self._parsed.get()
+        if isinstance(data, Exception):
+            self._done = True
+            raise data
+        self._done = not data
+        return data
+
+    def finish(self):
+        """Wait for the hash to take in every byte read (after the parser reached the end of the file)."""
+        while not self._done:
+            self.read()
+        for thread in self._threads:
+            thread.join()
+        if self._hash_error is not None:
+            raise StreamError('hashing %s failed: %s' % (self._label, self._hash_error))
+
+    def close(self):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
 class Reader:
     """Sequential reads from a file in large chunks, hashing every byte once as it passes."""
 
     def __init__(self, handle, label, hasher=None, chunk=READ_CHUNK):
         self._f = handle
+        self._head_room = getattr(handle, 'HEAD_ROOM', 0)
         self.label = label
         self._hasher = hasher
         self._chunk = chunk
@@ -110,8 +226,16 @@ class Reader:
                 break
             if self._hasher is not None:
                 self._hasher.update(data)
+            left = len(self.buf) - self.pos
+            if self._head_room and left <= self._head_room:
+                # The rest of the old chunk goes into the free room before the new one: no big copy.
+                start = self._head_room - left
+                data[start:self._head_room] = self.buf[self.pos:]
+                self.base += self.pos - start
+                self.buf, self.pos = data, start
+                continue
             self.base += self.pos
-            self.buf = self.buf[self.pos:] + data
+            self.buf = self.buf[self.pos:] + data[self._head_room:]
             self.pos = 0
         if len(self.buf) - self.pos < need:
             raise StreamError('%s ends at byte %d, in the middle of %d byte(s) that should follow: the stream is truncated '
@@ -166,6 +290,14 @@ class Reader:
         except StreamError:
             return True
         return False
+
+
+class Runs:
+    """What :func:`read_ram_records` calls for a run of records (see there)."""
+
+    def __init__(self, zeros, pages):
+        self.zeros = zeros
+        self.pages = pages
 
 
 class Stream:
@@ -250,31 +382,77 @@ def _read_block_list(reader, stream, total):
         remaining -= size
 
 
-def read_ram_records(reader, stream, on_page, on_zero):
+def _record_run(buf, pos, first, most, size):
+    """How many records of ``size`` bytes from ``pos`` on have the flags of ``first`` (the first one's
+    header) at consecutive offsets of its block, zero-filled if they are zero records: at most ``most``,
+    as a power of two (1 when fewer than 2)."""
+    flags = buf[pos + 7:pos + 7 + size * most:size]
+    candidates = len(flags) - len(flags.lstrip(flags[:1]))
+    if size == ZERO_RECORD:
+        fills = buf[pos + 8:pos + 8 + size * most:size]
+        candidates = min(candidates, len(fills) - len(fills.lstrip(b'\x00')))
+    if candidates < 2:
+        return 1
+    count = 1 << (candidates.bit_length() - 1)
+    headers = _RUNS.get((size, count))
+    if headers is None:
+        headers = _RUNS[size, count] = struct.Struct('>' + ('Q%dx' % (size - 8)) * count)
+    # The headers must be exactly first, first + 1 page, ...: the same flags, no offset skipped.
+    if headers.unpack_from(buf, pos) != tuple(range(first, first + count * PAGE_SIZE, PAGE_SIZE)):
+        return 1
+    return count
+
+
+def read_ram_records(reader, stream, on_page, on_zero, runs=None):
     """Read the records of one ``ram`` section up to its EOS; call ``on_page(block, offset, data, where)``
-    for a page (``where``: its stream offset) and ``on_zero(block, offset, fill)`` for a filled page."""
+    for a page (``where``: its stream offset) and ``on_zero(block, offset, fill)`` for a filled page.
+    With ``runs``, runs of records at consecutive offsets of one block (nearly all of a stream) are handed
+    over in one call each: ``runs.zeros(block, offset, count)`` for zero pages and ``runs.pages(block,
+    offset, count, buf, pos)`` for pages (``count`` records of 4104 bytes at ``buf[pos:]``, each its
+    8-byte header and the page)."""
     # The block a CONTINUE record refers to carries over from one section to the next (QEMU's last_recv_block).
     block = stream.current_block
     label = reader.label
     unpack = _BE64.unpack_from
+    zero_cap = page_cap = RUN_MIN
     while True:
         # Fast path for the records that make up nearly all of a stream (a zero or a whole page in the
         # block of the record before), straight from the buffer while it surely holds a whole record.
         if block is not None:
             buf, pos, block_size = reader.buf, reader.pos, stream.blocks[block][1]
-            limit = len(buf) - (8 + PAGE_SIZE)
+            limit = len(buf) - PAGE_RECORD
             while pos <= limit:
                 value = unpack(buf, pos)[0]
                 flags = value & FLAG_MASK
                 offset = value - flags
                 if offset >= block_size:
                     break
+                # Runs of records at consecutive offsets go over in one call; the run length adapts, so
+                # that records that only look like a run cost little.
                 if flags == FLAG_ZERO | FLAG_CONTINUE:
+                    if runs is not None and not buf[pos + 8]:
+                        count = _record_run(buf, pos, value, min(zero_cap, (len(buf) - pos) // ZERO_RECORD,
+                                                                 (block_size - offset) >> PAGE_SHIFT), ZERO_RECORD)
+                        if count > 1:
+                            runs.zeros(block, offset, count)
+                            pos += ZERO_RECORD * count
+                            zero_cap = min(zero_cap * 2, ZERO_RUN_MAX)
+                            continue
+                        zero_cap = max(zero_cap // 2, RUN_MIN)
                     on_zero(block, offset, buf[pos + 8])
-                    pos += 9
+                    pos += ZERO_RECORD
                 elif flags == FLAG_PAGE | FLAG_CONTINUE:
-                    on_page(block, offset, buf[pos + 8:pos + 8 + PAGE_SIZE], reader.base + pos + 8)
-                    pos += 8 + PAGE_SIZE
+                    if runs is not None:
+                        count = _record_run(buf, pos, value, min(page_cap, (len(buf) - pos) // PAGE_RECORD,
+                                                                 (block_size - offset) >> PAGE_SHIFT), PAGE_RECORD)
+                        if count > 1:
+                            runs.pages(block, offset, count, buf, pos)
+                            pos += PAGE_RECORD * count
+                            page_cap = min(page_cap * 2, PAGE_RUN_MAX)
+                            continue
+                        page_cap = max(page_cap // 2, RUN_MIN)
+                    on_page(block, offset, buf[pos + 8:pos + PAGE_RECORD], reader.base + pos + 8)
+                    pos += PAGE_RECORD
                 else:
                     break
             reader.pos = pos
@@ -316,7 +494,7 @@ def read_ram_records(reader, stream, on_page, on_zero):
             on_page(block, offset, reader.take(PAGE_SIZE), data_at)
 
 
-def read_stream(reader, stream, on_page, on_zero):
+def read_stream(reader, stream, on_page, on_zero, runs=None):
     """Read a whole stream: header, configuration, the ``ram`` section's records, and check that device
     state and QEMU's closing device description follow. Other iterative sections are refused."""
     read_header(reader, stream)
@@ -355,7 +533,7 @@ def read_stream(reader, stream, on_page, on_zero):
                 raise Unsupported('%s: the stream has no configuration section, so its machine type is unknown (QEMU before 2.12?)'
                                   % reader.label)
             ram_section = section_id
-            read_ram_records(reader, stream, on_page, on_zero)
+            read_ram_records(reader, stream, on_page, on_zero, runs)
             if not stream.blocks:
                 raise StreamError('%s: the RAM section at byte %d does not list its RAM blocks: the stream is damaged' % (reader.label, where))
         elif kind in (VM_SECTION_PART, VM_SECTION_END):
@@ -366,7 +544,7 @@ def read_stream(reader, stream, on_page, on_zero):
             if stream.ram_ended:
                 raise StreamError('%s: RAM pages at byte %d after the RAM section ended: the stream is damaged' % (reader.label, where))
             last_section = section_id
-            read_ram_records(reader, stream, on_page, on_zero)
+            read_ram_records(reader, stream, on_page, on_zero, runs)
             if kind == VM_SECTION_END:
                 stream.ram_ended = True
         elif kind == VM_SECTION_FOOTER:

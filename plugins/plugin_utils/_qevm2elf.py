@@ -28,8 +28,10 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 
+from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _custody_log as custody_log
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _elfcore as elfcore
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils import _qemu_stream as qs
 
@@ -73,6 +75,34 @@ class PageBits:
         bit = page % self.CHUNK_PAGES
         return bool(chunk[bit >> 3] & (1 << (bit & 7)))
 
+    def _spans(self, first, count):
+        """``(index, low, high)``: the chunks pages first .. first + count - 1 fall in, and which of their bits."""
+        end = first + count
+        while first < end:
+            index = first // self.CHUNK_PAGES
+            base = index * self.CHUNK_PAGES
+            high = min(end - base, self.CHUNK_PAGES)
+            yield index, first - base, high
+            first = base + high
+
+    def set_range(self, first, count, value=True):
+        for index, low, high in self._spans(first, count):
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                if not value:
+                    continue
+                chunk = self._chunks[index] = bytearray(self.CHUNK_PAGES // 8)
+            mask = ((1 << (high - low)) - 1) << low
+            bits = int.from_bytes(chunk, 'little')
+            chunk[:] = (bits | mask if value else bits & ~mask).to_bytes(len(chunk), 'little')
+
+    def any_in_range(self, first, count):
+        for index, low, high in self._spans(first, count):
+            chunk = self._chunks.get(index)
+            if chunk is not None and int.from_bytes(chunk, 'little') >> low & ((1 << (high - low)) - 1):
+                return True
+        return False
+
     def count(self):
         return sum(bin(int.from_bytes(chunk, 'little')).count('1') for chunk in self._chunks.values())
 
@@ -86,6 +116,43 @@ class PageBits:
 
     def chunk(self, index):
         return self._chunks.get(index) or bytes(self.CHUNK_PAGES // 8)
+
+
+class _WriteBehind:
+    """Has the disk write the ELF while the conversion goes on (a background fdatasync after every STEP
+    bytes written), so that the final fsync waits for the last part only. An error of a background
+    sync is raised by :meth:`finish`, since the kernel reports it only once."""
+
+    STEP = 64 << 20
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._pending = 0
+        self._thread = None
+        self._error = None
+
+    def _sync(self):
+        try:
+            getattr(os, 'fdatasync', os.fsync)(self._fd)
+        except OSError as exc:
+            self._error = exc
+
+    def wrote(self, count):
+        self._pending += count
+        if self._pending >= self.STEP and (self._thread is None or not self._thread.is_alive()):
+            self._pending = 0
+            self._thread = threading.Thread(target=self._sync, daemon=True)
+            self._thread.start()
+
+    def join(self):
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self):
+        self.join()
+        if self._error is not None:
+            raise self._error
+        os.fsync(self._fd)
 
 
 class _Placement:
@@ -104,6 +171,17 @@ class _Placement:
             if start <= offset < end:
                 return offset + delta
         return None
+
+    def run(self, block, offset, count):
+        """The placement of the pages from ``offset`` on: ``(pages, delta, phys)`` for as many of the
+        ``count`` pages as lie in one range (delta None: in none, up to the next range)."""
+        following = None
+        for start, end, delta, phys in self.by_block[block]:
+            if start <= offset < end:
+                return min(count, -(-(end - offset) // qs.PAGE_SIZE)), delta, phys
+            if offset < start and (following is None or start < following):
+                following = start
+        return (count if following is None else min(count, -(-(following - offset) // qs.PAGE_SIZE))), None, None
 
     def phys(self, block, offset):
         for start, end, _delta, phys in self.by_block[block]:
@@ -124,16 +202,6 @@ def _domain(domain_xml):
         return qs.parse_domain_xml(domain_xml)
     except qs.StreamError as exc:
         raise ConvertError(str(exc))
-
-
-def _sha256_file(fd):
-    digest = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while True:
-        data = os.read(fd, 8 << 20)
-        if not data:
-            return digest.hexdigest()
-        digest.update(data)
 
 
 def _block_report(stream, segments, apart, carried, zero):
@@ -169,8 +237,12 @@ def convert(stream_path, elf_path, domain_xml=None, verify=True):
             raise ConvertError('%s already exists: the converter never overwrites a file (evidence); choose another name or remove it' % elf_path)
         raise ConvertError('cannot create %s: %s' % (elf_path, exc.strerror or exc))
     try:
-        report = _write(stream_path, elf_path, fd, domain)
-        os.fsync(fd)
+        behind = _WriteBehind(fd)
+        try:
+            report = _write(stream_path, elf_path, fd, domain, behind)
+            behind.finish()
+        finally:
+            behind.join()
     except BaseException:
         os.close(fd)
         os.unlink(elf_path)
@@ -185,7 +257,7 @@ def convert(stream_path, elf_path, domain_xml=None, verify=True):
     return report
 
 
-def _write(stream_path, elf_path, fd, domain):
+def _write(stream_path, elf_path, fd, domain, behind):
     stream = qs.Stream()
     state = {'placement': None, 'segments': None, 'apart': None, 'run_start': None, 'run': [], 'run_len': 0}
     written = PageBits()     # pages whose latest version in the ELF is data (a later zero must overwrite it)
@@ -215,6 +287,7 @@ def _write(stream_path, elf_path, fd, domain):
     def flush():
         if state['run']:
             os.pwrite(fd, b''.join(state['run']), state['run_start'])
+            behind.wrote(state['run_len'])
             state['run'], state['run_len'] = [], 0
 
     # The two callbacks run once per record (about a million for a 4 GiB guest): bit operations inline.
@@ -262,16 +335,62 @@ def _write(stream_path, elf_path, fd, domain):
             os.pwrite(fd, bytes([fill]) * qs.PAGE_SIZE, where)
             written.set(page, bool(fill))
 
+    def on_zeros(block, offset, count):
+        # A run of zero pages: the ELF's sparse hole already reads as zero unless a page of it held data.
+        placement = state['placement'] or place()
+        while count:
+            pages, delta, phys = placement.run(block, offset, count)
+            if delta is not None and written.any_in_range((offset + delta) >> 12, pages):
+                for index in range(pages):
+                    on_zero(block, offset + index * qs.PAGE_SIZE, 0)
+            else:
+                carried[block] += pages
+                zero[block] += pages
+                if delta is None:
+                    counts['unplaced_records'] += pages
+                else:
+                    if phys is None:
+                        counts['apart_records'] += pages
+                    seen.set_range((offset + delta) >> 12, pages)
+            offset += pages * qs.PAGE_SIZE
+            count -= pages
+
+    def on_pages(block, offset, count, buf, pos):
+        placement = state['placement'] or place()
+        view = memoryview(buf)
+        while count:
+            pages, delta, phys = placement.run(block, offset, count)
+            carried[block] += pages
+            if delta is None:
+                counts['unplaced_records'] += pages
+            else:
+                if phys is None:
+                    counts['apart_records'] += pages
+                first = (offset + delta) >> 12
+                seen.set_range(first, pages)
+                written.set_range(first, pages)
+                flush()     # an older version of one of these pages may wait in the batch
+                data = b''.join([view[at:at + qs.PAGE_SIZE] for at in range(pos + 8, pos + pages * qs.PAGE_RECORD, qs.PAGE_RECORD)])
+                os.pwrite(fd, data, offset + delta)
+                behind.wrote(len(data))
+            offset += pages * qs.PAGE_SIZE
+            pos += pages * qs.PAGE_RECORD
+            count -= pages
+
     digest = hashlib.sha256()
     with _open_stream(stream_path) as handle:
-        reader = qs.Reader(handle, stream_path, digest)
+        ahead = qs.ReadAhead(handle, stream_path, digest)
+        reader = qs.Reader(ahead, stream_path)
         try:
-            qs.read_stream(reader, stream, on_page, on_zero)
+            qs.read_stream(reader, stream, on_page, on_zero, qs.Runs(on_zeros, on_pages))
+            flush()
+            ahead.finish()
         except qs.StreamError as exc:
             raise ConvertError(str(exc))
         except OSError as exc:
             raise ConvertError('cannot write %s: %s' % (elf_path, exc.strerror or exc))
-        flush()
+        finally:
+            ahead.close()
         stream_size = reader.offset
     if state['placement'] is None:     # a stream without a single page record still has a layout
         place()
@@ -303,13 +422,42 @@ def check(stream_path, elf_path, domain_xml=None):
         fd = os.open(elf_path, os.O_RDONLY)
     except OSError as exc:
         raise ConvertError('cannot read the ELF %s: %s' % (elf_path, exc.strerror or exc))
+    elf_hash = None
     try:
-        return _check(stream_path, elf_path, fd, domain, started)
+        elf_hash = _HashInBackground(fd, elf_path)
+        return _check(stream_path, elf_path, fd, domain, started, elf_hash)
     finally:
+        if elf_hash is not None:
+            elf_hash.join()     # before the descriptor it reads is closed
         os.close(fd)
 
 
-def _check(stream_path, elf_path, fd, domain, started):
+class _HashInBackground:
+    """SHA-256 of an open file on the other CPU while the check reads the stream (hashlib lets go of the GIL)."""
+
+    def __init__(self, fd, path):
+        self._path = path
+        self._result = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fd,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fd):
+        try:
+            self._result = custody_log.sha256_fd(fd)[1]
+        except OSError as exc:
+            self._error = exc
+
+    def join(self):
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise ConvertError('cannot read the ELF %s: %s' % (self._path, self._error.strerror or self._error))
+        return self._result
+
+
+def _check(stream_path, elf_path, fd, domain, started, elf_hash):
     try:
         loads = elfcore.read_loads(fd, elf_path)
         notes = elfcore.read_block_notes(fd, elf_path)
@@ -404,6 +552,10 @@ def _check(stream_path, elf_path, fd, domain, started):
         index = bisect.bisect_right(extent_starts, where) - 1
         return index < 0 or where >= extents[index][1]
 
+    def in_hole_range(where, length):
+        index = bisect.bisect_right(extent_starts, where)
+        return (index == 0 or where >= extents[index - 1][1]) and (index == len(extents) or extents[index][0] >= where + length)
+
     def on_zero(block, offset, fill):
         _phys, where = page_at(block, offset)
         if where is not None:
@@ -412,13 +564,72 @@ def _check(stream_path, elf_path, fd, domain, started):
             else:
                 final_ok.set(where // qs.PAGE_SIZE, os.pread(fd, qs.PAGE_SIZE, where) == bytes([fill]) * qs.PAGE_SIZE)
 
+    def span(block, offset, count):
+        """``(where, pages)``: the ELF offset of the page and how many of the ``count`` pages from it on
+        lie in one PT_LOAD, each after the other; where is None (for one page) when the page's own
+        path must decide (a page kept apart or missing)."""
+        placement = state['placement'] or place()
+        pages, _delta, phys = placement.run(block, offset, count)
+        if phys is None:
+            return None, 1
+        phys += offset
+        index = bisect.bisect_right(starts, phys) - 1
+        if index < 0:
+            return None, 1
+        load_phys, load_length, load_offset = loads[index]
+        pages = min(pages, (load_phys + load_length - phys) // qs.PAGE_SIZE)
+        if pages < 1:
+            return None, 1
+        return load_offset + phys - load_phys, pages
+
+    def on_zeros(block, offset, count):
+        while count:
+            where, pages = span(block, offset, count)
+            length = pages * qs.PAGE_SIZE
+            if where is not None and (in_hole_range(where, length) or not os.pread(fd, length, where).lstrip(b'\0')):
+                counts['records'] += pages
+                seen.set_range(where >> 12, pages)
+                final_ok.set_range(where >> 12, pages)
+            else:
+                for index in range(pages):
+                    on_zero(block, offset + index * qs.PAGE_SIZE, 0)
+            offset += length
+            count -= pages
+
+    def on_pages(block, offset, count, buf, pos):
+        view = memoryview(buf)
+        while count:
+            where, pages = span(block, offset, count)
+            length = pages * qs.PAGE_SIZE
+            carried = b''.join([view[at:at + qs.PAGE_SIZE] for at in range(pos + 8, pos + pages * qs.PAGE_RECORD, qs.PAGE_RECORD)])
+            if where is None:
+                on_page(block, offset, carried, None)
+            else:
+                counts['records'] += pages
+                first = where >> 12
+                seen.set_range(first, pages)
+                in_elf = os.pread(fd, length, where)
+                if in_elf == carried:
+                    final_ok.set_range(first, pages)
+                else:
+                    for index in range(pages):
+                        at = index * qs.PAGE_SIZE
+                        final_ok.set(first + index, in_elf[at:at + qs.PAGE_SIZE] == carried[at:at + qs.PAGE_SIZE])
+            offset += length
+            pos += pages * qs.PAGE_RECORD
+            count -= pages
+
     digest = hashlib.sha256()
     with _open_stream(stream_path) as handle:
-        reader = qs.Reader(handle, stream_path, digest)
+        ahead = qs.ReadAhead(handle, stream_path, digest)
+        reader = qs.Reader(ahead, stream_path)
         try:
-            qs.read_stream(reader, stream, on_page, on_zero)
+            qs.read_stream(reader, stream, on_page, on_zero, qs.Runs(on_zeros, on_pages))
+            ahead.finish()
         except qs.StreamError as exc:
             raise ConvertError(str(exc))
+        finally:
+            ahead.close()
     if state['placement'] is None:
         place()
     # Every page the stream carried: its final version must be the ELF's (bit operations on whole chunks).
@@ -442,7 +653,7 @@ def _check(stream_path, elf_path, fd, domain, started):
                 stray_count += 1
                 if len(stray) < MAX_LISTED:
                     stray.append(describe(page))
-    elf_sha = _sha256_file(fd)
+    elf_sha = elf_hash.result()
     ok = not (problems['layout'] or mismatch_count or problems.get('missing_count') or stray_count)
     return {
         'ok': ok,

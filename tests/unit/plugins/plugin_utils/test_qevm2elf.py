@@ -369,3 +369,61 @@ def test_layout_rules_match_qemu(tmp_path):
     assert qs.split_below_4g('q35', 2816 * MIB) == 2 * GIB
     assert qs.split_below_4g('q35', 2815 * MIB) == 2815 * MIB
     assert qs.split_below_4g('i440fx', 8 * GIB, max_below=2 * GIB) == 2 * GIB
+
+
+def test_runs_of_records_land_like_single_records(tmp_path):
+    """Runs of consecutive zero or data records go through the converter and the check in one piece each:
+    across the split below the PCI hole, over pages that held data, and where an offset is skipped, the
+    ELF holds the last version of every page, and a changed page inside a run is caught by the check."""
+    below = 3 * GIB     # a 4.5 GiB pc guest: RAM from 3 GiB on lies above 4 GiB
+    writer = StreamWriter(blocks=[('pc.ram', 4608 * MIB), ('pc.bios', 256 << 10)])
+    final = {}
+
+    def page(offset, tag):
+        writer.page('pc.ram', offset, page_of(tag))
+        final[offset] = page_of(tag)
+
+    def zero(offset):
+        writer.zero('pc.ram', offset)
+        final[offset] = bytes(PAGE)
+
+    for index in range(-16, 16):
+        page(below + index * PAGE, 'split %d' % index)
+    for index in range(16, 316):
+        zero(below + index * PAGE)
+    for index in range(100):
+        page(MIB + index * PAGE, 'low %d' % index)
+    for index in range(6):
+        page(2 * MIB + index * PAGE, 'skip %d' % index)
+    writer.next_part()
+    for index in range(10, 60):
+        zero(MIB + index * PAGE)
+    for index in range(-4, 4):
+        page(below + index * PAGE, 'split again %d' % index)
+    writer.next_part()
+    for index in (0, 1, 3, 4):      # looks like a run, but page 2 is skipped (and page 5 keeps its data)
+        zero(2 * MIB + index * PAGE)
+    stream = write(tmp_path, writer)
+    elf = str(tmp_path / 'vm.elf')
+
+    report = conv.convert(stream, elf)
+
+    for offset, content in sorted(final.items()):
+        phys = offset if offset < below else offset + GIB
+        assert read_phys(elf, phys) == content, 'guest-physical 0x%x' % phys
+    assert report['check']['ok'] is True
+    assert report['check']['pages_checked'] == report['pages']['distinct'] == len(final)
+    assert report['pages']['records'] == 32 + 300 + 100 + 6 + 50 + 8 + 4
+    assert report['pages']['zero_records'] == 300 + 50 + 4
+    assert report['pages']['superseded_versions'] == 50 + 8 + 4
+
+    with open(elf, 'r+b') as handle:
+        for phys, tag in ((MIB + 80 * PAGE, b'changed inside a data run'), (MIB + 30 * PAGE, b'data where a zero run was'),
+                          (4 * GIB + 100 * PAGE, b'in a hole')):
+            offset = [o + phys - p for p, n, o in loads(elf) if p <= phys < p + n][0]
+            handle.seek(offset)
+            handle.write(tag)
+    check = conv.check(stream, elf)
+    assert check['ok'] is False
+    assert check['pages_mismatched'] == 3
+    assert set(check['first_mismatched']) == {'0x%x' % (MIB + 80 * PAGE), '0x%x' % (MIB + 30 * PAGE), '0x%x' % (4 * GIB + 100 * PAGE)}
