@@ -88,10 +88,11 @@ options:
       - V(live) keeps the guest running and pauses it only for the last pages (milliseconds); the image is QEMU's
         migration stream (suffix C(.qevm)); the P(vmforensics.memdump.memdump_convert#module) module derives an ELF
         core from it that every analysis tool opens. Where libvirt cannot migrate the guest, the dump fails.
-      - V(live) and V(auto) need a service whose C(/health) lists them in C(methods). For V(live) the module fails before
-        sending anything otherwise, because a service without the field would ignore it and pause the guest. For
-        V(auto) nothing is sent then, and the service takes its default, memory-only, dump; a warning says so where the
-        service offers V(live) but not V(auto) (an older memdump service).
+      - V(live) needs a service whose C(/health) lists it in C(methods): the module fails before sending anything
+        otherwise, because a service without the field would ignore it and pause the guest.
+      - V(auto) is sent as it is, in the one request a run makes. A service that refuses it (an older memdump service)
+        gets the request again without a method, so it takes its default, memory-only, dump, and a warning names the
+        service; a service with only the core API ignores the field and takes a memory-only dump too.
       - See C(docs/runbook.md) for when to force V(memory-only) or V(live).
     type: str
     choices: [auto, memory-only, live]
@@ -260,6 +261,11 @@ def offered_methods(client):
     return methods if isinstance(methods, list) else []
 
 
+def refuses_method(error):
+    """The service refused the request for its method (a validation error that names the field)."""
+    return error.status in (400, 422) and 'method' in (error.detail or '')
+
+
 def predict(client, vms, label, fmt, force, method):
     """Check mode: the service's own answer to a dry run, or "every VM gets a new dump" without one."""
     if 'dry_run' in client.features():
@@ -275,25 +281,29 @@ def run(module):
     label, fmt, force, method = params['label'], params['format'], params['force'], params['method']
     if not vms:
         module.fail_json(msg='vms must name at least one VM')
-    methods = offered_methods(client) if method != 'memory-only' else []
-    if method == 'live' and 'live' not in methods:
+    if method == 'live' and 'live' not in offered_methods(client):
         module.fail_json(msg='the memdump service at %s does not offer live dumps (its /health lists no method live); '
                              'update the service or use method memory-only' % client.url)
-    if method == 'auto' and 'auto' not in methods:
-        # Without auto the service cannot tell whether libvirt would migrate the guest: its default is memory-only.
-        if 'live' in methods:
-            module.warn('the memdump service at %s offers no method auto (an older version): its dumps are memory-only; '
-                        'update the service, or set method live for guests that can migrate' % client.url)
-        method = None
     if method == 'memory-only':
         method = None  # the service's default: also what a service without the field (the core API) does
 
-    request_id = None
-    if module.check_mode:
-        answer = predict(client, vms, label, fmt, force, method)
-    else:
-        request_id = str(uuid.uuid4())
-        answer = post_with_retry(client, vms, label, fmt, force, method, request_id=request_id)
+    request_id = None if module.check_mode else str(uuid.uuid4())
+
+    def send(method):
+        if module.check_mode:
+            return predict(client, vms, label, fmt, force, method)
+        return post_with_retry(client, vms, label, fmt, force, method, request_id=request_id)
+
+    try:
+        answer = send(method)
+    except MemdumpHTTPError as e:
+        if method != 'auto' or not refuses_method(e):
+            raise
+        # An older service: without auto it cannot tell whether libvirt would migrate the guest, so its default.
+        if 'live' in offered_methods(client):
+            module.warn('the memdump service at %s offers no method auto (an older version): its dumps are memory-only; '
+                        'update the service, or set method live for guests that can migrate' % client.url)
+        answer = send(None)
     by_vm = dict((r.get('vm'), r) for r in answer if isinstance(r, dict))
     dumps = []
     for vm in vms:

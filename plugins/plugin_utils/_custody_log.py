@@ -76,8 +76,9 @@ def sha256_file(path):
 
 
 def sha256_fd(fd):
-    """``(size, SHA-256)`` of an open file, read with pread (the file position is left alone). Only its
-    data is read: a hole (the unused guest memory of a sparse ELF) is hashed from zeros in memory."""
+    """``(size, SHA-256)`` of an open file, read with pread from its start (so beside other preads of the
+    same descriptor). Only its data is read: a hole (the unused guest memory of a sparse ELF) is hashed
+    from zeros in memory."""
     digest = hashlib.sha256()
     size = os.fstat(fd).st_size
     buf = bytearray(CHUNK)

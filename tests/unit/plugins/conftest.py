@@ -126,7 +126,13 @@ class FakeService(object):
         return out
 
     def post(self, body):
-        """A new dump per VM, or the scripted ``reused`` record; a dry run (if it is a feature) creates nothing."""
+        """A new dump per VM, or the scripted ``reused`` record; a dry run (if it is a feature) creates nothing.
+        A method the service does not list is refused as the service's validation does (a service without
+        ``methods`` ignores the field)."""
+        method = body.get('method')
+        if method is not None and self.methods is not None and not self.core_only and method not in self.methods:
+            return 422, {'detail': [{'loc': ['body', 'method'], 'type': 'value_error',
+                                     'msg': 'Value error, unknown method %r; use one of %s' % (method, ', '.join(self.methods))}]}
         dry_run = bool(body.get('dry_run')) and not self.core_only and 'dry_run' in self.features
         label = None if self.core_only else body.get('label')
         fmt = body.get('format') or 'elf'

@@ -28,8 +28,8 @@ def test_posts_once_and_returns_records(fake_service, run_module):
     assert all(d['created'] and d['state'] == 'queued' and d['label'] == 'IR-1' for d in result['dumps'])
     assert result['dump_ids'] == dict((d['vm'], d['dump_id']) for d in result['dumps'])
     assert result['created'] == ['web01', 'db01']
-    # /health only for the methods it offers (method auto)
-    assert [r[:2] for r in fake_service.requests] == [('GET', '/health'), ('POST', '/api/dumps')]
+    # One request: method auto goes as it is (a re-run of an incident costs one request per host)
+    assert [r[:2] for r in fake_service.requests] == [('POST', '/api/dumps')]
     (body,) = posts(fake_service)
     assert body['vms'] == ['web01', 'db01'] and body['label'] == 'IR-1' and body['force'] is False
     assert 'dry_run' not in body
@@ -160,16 +160,29 @@ def test_method_auto_is_the_default(fake_service, run_module):
 
 
 def test_auto_on_a_service_without_it_sends_no_method(fake_service, run_module):
-    """The service's default (memory-only) is what auto ends in where the service cannot tell; an older memdump
-    service, which offers live, gets a warning that names it."""
+    """The service's default (memory-only) is what auto ends in where the service cannot tell: an older memdump
+    service refuses auto, gets the request again without a method, and a warning names it; a service with only
+    the core API ignores the field."""
     fake_service.methods = ['memory-only', 'live']
     older = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'format': 'kdump-zlib'})
+    assert older['changed'] is True and older['created'] == ['web01']
     assert [w for w in older.get('warnings', []) if 'offers no method auto' in w and fake_service.url in w]
+    refused, again = posts(fake_service)
+    assert refused['method'] == 'auto' and 'method' not in again and again['format'] == 'kdump-zlib'
+    assert again['request_id'] == refused['request_id'] == older['request_id']
+    assert len(fake_service.dumps) == 1
     fake_service.methods, fake_service.core_only = None, True
     core = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['db01']})
     assert core['changed'] is True and not core.get('warnings')
-    first, second = posts(fake_service)
-    assert 'method' not in first and first['format'] == 'kdump-zlib' and 'method' not in second
+    assert len(posts(fake_service)) == 3
+
+
+def test_a_refusal_that_is_not_about_the_method_is_not_sent_again(fake_service, run_module):
+    detail = {'detail': [{'loc': ['body', 'label'], 'msg': 'label must be 1-128 characters', 'type': 'value_error'}]}
+    fake_service.raw_answers[('POST', '/api/dumps')] = (422, json.dumps(detail).encode())
+    result = run_module(memdump_trigger, {'url': fake_service.url, 'vms': ['web01'], 'label': 'IR-1'})
+    assert result['failed'] and 'label must be 1-128 characters' in result['msg']
+    assert [r[:2] for r in fake_service.requests] == [('POST', '/api/dumps')]
 
 
 def test_live_refused_before_sending_when_the_service_does_not_offer_it(fake_service, run_module):

@@ -256,3 +256,22 @@ def test_a_torn_line_blocks_appends_until_the_recorded_repair(tmp_path):
         assert log.repair_torn_line(lambda info: info) is None  # nothing torn any more
         log.append(custody.acquired_event('IR-1', 'hv01', 'db01', 'b' * 32, rec, CTX))
     assert [e['event'] for e in custody.CustodyLog(inc).events()] == ['acquired', 'repaired', 'acquired']
+
+
+def test_sha256_of_a_sparse_file_is_the_hash_of_all_its_bytes(tmp_path):
+    """A derived ELF is mostly holes: its hash is read from its data and zeros, and is the plain file's hash."""
+    path = tmp_path / 'sparse.elf'
+    with open(path, 'wb') as handle:
+        handle.truncate(64 << 20)
+        for offset, data in ((0, b'\x7fELF header'), (5 << 20, b'A' * 10000), ((32 << 20) - 3, b'across a boundary'),
+                             ((64 << 20) - 1, b'!')):
+            handle.seek(offset)
+            handle.write(data)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert custody.sha256_file(str(path)) == (64 << 20, expected)
+    with open(path, 'rb') as handle:
+        handle.seek(12345)      # read with pread: where the descriptor stands does not matter
+        assert custody.sha256_fd(handle.fileno()) == (64 << 20, expected)
+    empty = tmp_path / 'empty'
+    empty.write_bytes(b'')
+    assert custody.sha256_file(str(empty)) == (0, hashlib.sha256(b'').hexdigest())
