@@ -344,30 +344,30 @@ def _write(stream_path, elf_path, fd, domain, behind):
                 for index in range(pages):
                     on_zero(block, offset + index * qs.PAGE_SIZE, 0)
             else:
-                carried[block] += pages
                 zero[block] += pages
-                if delta is None:
-                    counts['unplaced_records'] += pages
-                else:
-                    if phys is None:
-                        counts['apart_records'] += pages
-                    seen.set_range((offset + delta) >> 12, pages)
+                record_run(block, offset, pages, delta, phys)
             offset += pages * qs.PAGE_SIZE
             count -= pages
+
+    def record_run(block, offset, pages, delta, phys):
+        """Counts a run of records and marks its pages seen; the ELF page it starts at (None: not placed)."""
+        carried[block] += pages
+        if delta is None:
+            counts['unplaced_records'] += pages
+            return None
+        if phys is None:
+            counts['apart_records'] += pages
+        first = (offset + delta) >> 12
+        seen.set_range(first, pages)
+        return first
 
     def on_pages(block, offset, count, buf, pos):
         placement = state['placement'] or place()
         view = memoryview(buf)
         while count:
             pages, delta, phys = placement.run(block, offset, count)
-            carried[block] += pages
-            if delta is None:
-                counts['unplaced_records'] += pages
-            else:
-                if phys is None:
-                    counts['apart_records'] += pages
-                first = (offset + delta) >> 12
-                seen.set_range(first, pages)
+            first = record_run(block, offset, pages, delta, phys)
+            if first is not None:
                 written.set_range(first, pages)
                 flush()     # an older version of one of these pages may wait in the batch
                 data = b''.join([view[at:at + qs.PAGE_SIZE] for at in range(pos + 8, pos + pages * qs.PAGE_RECORD, qs.PAGE_RECORD)])
