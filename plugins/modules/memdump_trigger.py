@@ -88,7 +88,7 @@ options:
       - V(live) keeps the guest running and pauses it only for the last pages (milliseconds); the image is QEMU's
         migration stream (suffix C(.qevm)); the P(vmforensics.memdump.memdump_convert#module) module derives an ELF
         core from it that every analysis tool opens. Where libvirt cannot migrate the guest, the dump fails.
-      - V(live) needs a service whose C(/health) lists it in C(methods): the module fails before sending anything
+      - V(live) needs a service whose C(/health) lists it in C(methods); the module fails before sending anything
         otherwise, because a service without the field would ignore it and pause the guest.
       - V(auto) is sent as it is, in the one request a run makes. A service that refuses it (an older memdump service)
         gets the request again without a method, so it takes its default, memory-only, dump, and a warning names the

@@ -134,10 +134,12 @@ class ReadAhead:
                 if not (self._put(self._hashed, data) and self._put(self._parsed, data)) or not data:
                     return
         except OSError as exc:
-            error = StreamError('cannot read %s: %s' % (self._label, exc.strerror or exc))
+            self._fail(StreamError('cannot read %s: %s' % (self._label, exc.strerror or exc)))
         except Exception as exc:  # pylint: disable=broad-except  # never leave the parser waiting for a chunk
-            error = StreamError('reading %s failed: %s' % (self._label, exc))
-        # Handed to the parser, which reports it.
+            self._fail(StreamError('reading %s failed: %s' % (self._label, exc)))
+
+    def _fail(self, error):
+        """Hands a read error to the parser, which reports it, and ends the hash."""
         self._put(self._parsed, error)
         self._put(self._hashed, b'')
 
