@@ -4,8 +4,8 @@ One live dump (`virsh dump --live`) and one memory-only ELF dump (`virsh dump --
 of the same Linux guest of more than 4 GiB (convert-env's MEMDUMP_CONVERT_VM_PC, 4608 MiB, `pc`), then:
 - conversion throughput: the converter (stream -> ELF, one pass, the stream's SHA-256 included) with and
   without its page check, in MiB of stream per second, against the disk's sequential read rate of the same
-  stream (`dd iflag=direct`) and against SHA-256 alone over it (`sha256sum`, and Python's hashlib as the
-  converter uses it), which no converter that records the stream's hash can outrun;
+  stream (`dd iflag=direct`) and against SHA-256 alone over it (`sha256sum`, and Python's hashlib, which the
+  converter uses), which no converter that records the stream's hash can outrun;
 - Volatility 3's time to open each image (stack its format layer, read one page; the Python imports are
   left out) on the derived ELF, the stream and the memory-only ELF, REPS times alternating;
 - Volatility 3's time to the kernel banner (`vol -q -r csv banners.Banners`), once per image.
@@ -67,7 +67,7 @@ def disk_read_mib_s(path):
 
 
 def sha256_mib_s(path, tool):
-    """SHA-256 of the stream alone, read from disk: `sha256sum`, or hashlib in the converter's 1 MiB pieces."""
+    """SHA-256 of the stream alone, read from disk: `sha256sum`, or Python's hashlib in 1 MiB pieces."""
     drop_cache(path)
     started = time.monotonic()
     if tool == 'sha256sum':

@@ -32,6 +32,7 @@ import tempfile
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils._custody_lock import FileLock
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils._custody_names import CustodyError
 from ansible_collections.vmforensics.memdump.plugins.plugin_utils._custody_sign import key_fingerprint, sign
+from ansible_collections.vmforensics.memdump.plugins.plugin_utils._elfcore import data_extents
 
 GENESIS = '0' * 64
 LOG_NAME = 'custody.jsonl'
@@ -85,8 +86,7 @@ def sha256_fd(fd):
     view = memoryview(buf)
     zeros = memoryview(_ZEROS)
     pos = 0
-    while pos < size:
-        data, hole = _next_data(fd, pos, size)
+    for data, hole in data_extents(fd, 0, size) + [(size, size)]:
         while pos < data:
             step = min(CHUNK, data - pos)
             digest.update(zeros[:step])
@@ -98,19 +98,6 @@ def sha256_fd(fd):
             digest.update(view[:count])
             pos += count
     return pos, digest.hexdigest()
-
-
-def _next_data(fd, pos, size):
-    """The next ``(data, hole)`` extent from ``pos`` (``(size, size)`` when only holes follow)."""
-    try:
-        data = os.lseek(fd, pos, os.SEEK_DATA)
-        return data, min(os.lseek(fd, data, os.SEEK_HOLE), size)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return size, size
-        return pos, size        # no hole support here: all of it is read
-    except AttributeError:      # no SEEK_DATA on this system
-        return pos, size
 
 
 def _pread_into(fd, view, pos):

@@ -12,6 +12,7 @@ Pure standard library, Python 3.9+.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -137,13 +138,19 @@ def read_loads(fd, label):
 
 
 def data_extents(fd, start, end):
-    """The ``(start, end)`` byte ranges of the file between ``start`` and ``end`` that hold data (not holes)."""
+    """The ``(start, end)`` byte ranges of the file between ``start`` and ``end`` that hold data (not holes).
+    Where the system cannot tell holes, all the rest counts as data (never a hole that is not one)."""
     extents = []
     pos = start
     while pos < end:
         try:
             data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:     # ENXIO: no data after pos
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:    # ENXIO: no data after pos
+                extents.append((pos, end))
+            break
+        except AttributeError:      # no SEEK_DATA on this system
+            extents.append((pos, end))
             break
         if data >= end:
             break

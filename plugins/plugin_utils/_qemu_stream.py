@@ -175,7 +175,7 @@ class ReadAhead:
         except Exception as exc:  # pylint: disable=broad-except  # a hash that missed bytes must not be reported
             self._hash_error = exc
 
-    def read(self, _size=None):
+    def read(self):
         if self._done:
             return b''
         data = self._parsed.get()
@@ -201,14 +201,12 @@ class ReadAhead:
 
 
 class Reader:
-    """Sequential reads from a file in large chunks, hashing every byte once as it passes."""
+    """Sequential reads of the chunks a :class:`ReadAhead` gives (read and hashed ahead)."""
 
-    def __init__(self, handle, label, hasher=None, chunk=READ_CHUNK):
-        self._f = handle
-        self._head_room = getattr(handle, 'HEAD_ROOM', 0)
+    def __init__(self, chunks, label):
+        self._chunks = chunks
+        self._head_room = chunks.HEAD_ROOM
         self.label = label
-        self._hasher = hasher
-        self._chunk = chunk
         self.buf = b''
         self.pos = 0
         self.base = 0      # stream offset of _buf[0]
@@ -220,14 +218,12 @@ class Reader:
 
     def _fill(self, need):
         while len(self.buf) - self.pos < need and not self._eof:
-            data = self._f.read(max(self._chunk, need))
+            data = self._chunks.read()
             if not data:
                 self._eof = True
                 break
-            if self._hasher is not None:
-                self._hasher.update(data)
             left = len(self.buf) - self.pos
-            if self._head_room and left <= self._head_room:
+            if left <= self._head_room:
                 # The rest of the old chunk goes into the free room before the new one: no big copy.
                 start = self._head_room - left
                 data[start:self._head_room] = self.buf[self.pos:]

@@ -166,12 +166,6 @@ class _Placement:
             self.by_block[stream.block_index[name]].append(
                 (block_offset, block_offset + length, file_offset - block_offset, None if phys is None else phys - block_offset))
 
-    def file_offset(self, block, offset):
-        for start, end, delta, _phys in self.by_block[block]:
-            if start <= offset < end:
-                return offset + delta
-        return None
-
     def run(self, block, offset, count):
         """The placement of the pages from ``offset`` on: ``(pages, delta, phys)`` for as many of the
         ``count`` pages as lie in one range (delta None: in none, up to the next range)."""
